@@ -1,0 +1,308 @@
+"""Reading and writing ViT checkpoints in the google-research `.npz` formats.
+
+Three layouts load directly, without conversion steps:
+
+* `original`: `imagenet21k/ViT-{B,L,H}_*.npz` and the augreg files. Pre-linen block names
+  (`MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`), position embedding at
+  `Transformer/posembed_input/pos_embedding` covering the class token; in21k files add `pre_logits`.
+* `linen`: the same with linen block names (`MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`).
+* `big_vision`: a `params/` prefix, linen block names, blocks either per layer or stacked
+  (`Transformer/encoderblock/...` with a leading layer axis), and `pos_embedding` at the top level
+  covering the patches only (the class token gets no position embedding).
+
+Everything is converted to the names of `vpt_jax.models.vit` (the original layout). Files are opened
+with `allow_pickle=False`, so loading one never runs code from it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import scipy.ndimage
+
+from vpt_jax import paths
+from vpt_jax.errors import UserError
+from vpt_jax.models.vit import SIZES, VisionTransformer, init_params
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("original", "linen", "big_vision")
+POSEMB = "Transformer/posembed_input/pos_embedding"
+# Block sub-module names: linen (and big_vision) -> pre-linen (the names our modules use).
+_LINEN_TO_ORIGINAL = {
+    "MultiHeadDotProductAttention_0": "MultiHeadDotProductAttention_1",
+    "LayerNorm_1": "LayerNorm_2",
+    "MlpBlock_0": "MlpBlock_3",
+}
+_ORIGINAL_TO_LINEN = {v: k for k, v in _LINEN_TO_ORIGINAL.items()}
+# Leaves a pretrained backbone file does not hold: the task head and the tuning parameters.
+FRESH_PARAMS = (r"head/.*", r"head_mlp/.*", r".*/prompt/.*", r".*/lora_[ab]/.*", r".*lora_[ab]")
+
+
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be read, or that does not fit the model."""
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads every array of an `.npz` file into a flat `{name: array}` dict, refusing pickles."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint file not found: {path}; check the path")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint path is a directory, not an .npz file: {path}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise CheckpointError(f"{path} holds a single array, not an .npz checkpoint")
+        with npz:
+            others = [n for n in npz.zip.namelist() if not n.endswith(".npy")]
+            if others:
+                raise CheckpointError(
+                    f"{path} is a zip archive but not an .npz checkpoint (it holds {others[0]!r}); "
+                    "pass the .npz file itself"
+                )
+            return {name: np.asarray(npz[name]) for name in npz.files}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as e:
+        reason = "it holds pickled data" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
+        raise CheckpointError(
+            f"{path} is not a readable .npz checkpoint ({reason}); the file may be truncated or of "
+            "another format: download it again"
+        ) from None
+
+
+def detect_layout(flat: Mapping[str, np.ndarray]) -> tuple[str, str]:
+    """Returns `(layout, prefix)` of a flat checkpoint dict."""
+    for prefix in ("params/", "opt/target/", ""):
+        if f"{prefix}embedding/kernel" in flat:
+            break
+    else:
+        raise CheckpointError(
+            "checkpoint has no 'embedding/kernel' (nor 'params/embedding/kernel'): it is not a "
+            "google-research ViT checkpoint"
+        )
+    keys = [k[len(prefix) :] for k in flat if k.startswith(prefix)]
+    if prefix == "params/" or "pos_embedding" in keys or any("encoderblock/" in k for k in keys):
+        return "big_vision", prefix
+    if any("MultiHeadDotProductAttention_0" in k for k in keys):
+        return "linen", prefix
+    return "original", prefix
+
+
+def to_canonical(flat: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+    """Converts a flat checkpoint in any supported layout to vpt_jax's names. Returns `(flat, layout)`."""
+    layout, prefix = detect_layout(flat)
+    out: dict[str, np.ndarray] = {}
+    for key, value in flat.items():
+        if not key.startswith(prefix):
+            continue  # e.g. optimizer state stored beside the parameters
+        key = key[len(prefix) :]
+        stacked = re.match(r"Transformer/encoderblock/(.*)", key)
+        if stacked:  # big_vision scan layout: one array per leaf with a leading layer axis
+            for i, layer_value in enumerate(value):
+                out[f"Transformer/encoderblock_{i}/{stacked.group(1)}"] = layer_value
+        else:
+            out[key] = value
+    if layout != "original":
+        out = {_rename_block(k, _LINEN_TO_ORIGINAL): v for k, v in out.items()}
+    if (
+        "pos_embedding" in out
+    ):  # big_vision: patches only; the class token has no position embedding
+        posemb = out.pop("pos_embedding")
+        if "cls" in out:
+            posemb = np.concatenate([np.zeros_like(posemb[:, :1]), posemb], axis=1)
+        out[POSEMB] = posemb
+    if "cls" not in out:
+        raise CheckpointError(
+            "checkpoint has no class token ('cls'): it is a global-average-pooling or MAP-head model; "
+            "vpt_jax needs a class-token ViT such as the ImageNet-21k ViT-B/16"
+        )
+    return out, layout
+
+
+def _rename_block(key: str, names: Mapping[str, str]) -> str:
+    parts = key.split("/")
+    if len(parts) > 2 and parts[0] == "Transformer" and parts[1].startswith("encoderblock"):
+        parts[2] = names.get(parts[2], parts[2])
+    return "/".join(parts)
+
+
+def from_canonical(flat: Mapping[str, np.ndarray], layout: str) -> dict[str, np.ndarray]:
+    """Converts vpt_jax's flat names to a checkpoint layout (the inverse of `to_canonical`)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown checkpoint layout {layout!r}; use one of {LAYOUTS}")
+    out = dict(flat)
+    if layout == "original":
+        return out
+    out = {_rename_block(k, _ORIGINAL_TO_LINEN): v for k, v in out.items()}
+    if layout == "big_vision":
+        posemb = out.pop(POSEMB)
+        # Fold the class token's position embedding into the token so the function is unchanged.
+        out["cls"] = out["cls"] + posemb[:, :1]
+        out["pos_embedding"] = posemb[:, 1:]
+        out = {f"params/{k}": v for k, v in out.items()}
+    return out
+
+
+def save_npz(
+    path: str | os.PathLike, params: Mapping[str, Any], *, layout: str = "original"
+) -> None:
+    """Writes parameters as an `.npz` checkpoint in a google-research layout, atomically.
+
+    Args:
+      path: destination; it is replaced only once the new file is complete.
+      params: a nested parameter dict (a model's `params`) or a flat `{"a/b": array}` dict.
+      layout: `original` (pre-linen names, as the ImageNet-21k files), `linen` or `big_vision`.
+    """
+    flat = paths.flatten(params) if any(isinstance(v, Mapping) for v in params.values()) else params
+    flat = {k: np.asarray(jax.device_get(v)) for k, v in flat.items()}
+    atomic_write_npz(path, from_canonical(flat, layout))
+
+
+def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+    """`np.savez` to a temporary file beside `path`, then an atomic rename over it."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def resize_posemb(posemb: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Resizes a `(1, 1 + g*g, D)` position embedding to a new patch grid.
+
+    The class-token row is kept; the grid is zoomed linearly with `scipy.ndimage.zoom(order=1)`,
+    as google-research/vision_transformer does (corner-aligned, unlike timm's half-pixel bilinear).
+    """
+    token, patches = posemb[:, :1], posemb[0, 1:]
+    old = int(round(np.sqrt(len(patches))))
+    if old * old != len(patches):
+        raise CheckpointError(
+            f"position embedding with {len(patches)} patch positions is not square"
+        )
+    patches = patches.reshape(old, old, -1)
+    zoom = (grid[0] / old, grid[1] / old, 1)
+    patches = scipy.ndimage.zoom(patches, zoom, order=1)
+    return np.concatenate([token, patches.reshape(1, grid[0] * grid[1], -1)], axis=1)
+
+
+def describe(flat: Mapping[str, np.ndarray]) -> str:
+    """A short description of the architecture a canonical flat checkpoint holds."""
+    try:
+        width = flat["cls"].shape[-1]
+        depth = len({k.split("/")[1] for k in flat if k.startswith("Transformer/encoderblock_")})
+        patch = flat["embedding/kernel"].shape[0]
+    except (KeyError, IndexError):
+        return "an unrecognised architecture"
+    size = next(
+        (n for n, s in SIZES.items() if s["hidden_size"] == width and s["num_layers"] == depth),
+        None,
+    )
+    name = f"ViT-{size}/{patch}" if size else "a ViT"
+    return f"{name} (hidden {width}, {depth} layers, patch {patch})"
+
+
+def load_pretrained(
+    path: str | os.PathLike,
+    model: VisionTransformer,
+    *,
+    rng: jax.Array | int = 0,
+    keep_head: bool = False,
+    fresh: Sequence[str] = FRESH_PARAMS,
+) -> dict[str, Any]:
+    """Loads a pretrained checkpoint file into parameters for `model`.
+
+    `pre_logits` is dropped when the model has no representation layer; the head is replaced by a
+    fresh one of the model's size (kept only with `keep_head=True` and equal shapes); position
+    embeddings are resized when the model's image size differs; leaves a backbone file does not hold
+    (head, prompts, LoRA factors: `fresh` regexes) come from the model's initialiser.
+
+    Args:
+      path: an `.npz` file in the original, linen or big_vision layout.
+      model: the model the parameters are for.
+      rng: initialiser seed for the fresh leaves.
+      keep_head: keep the file's head when its shape fits (e.g. to evaluate a finetuned file).
+      fresh: regexes (full match) of leaves that may be missing from the file.
+
+    Returns:
+      The nested parameter dict (float32 numpy arrays, the model's dtypes).
+
+    Raises:
+      CheckpointError: unreadable file, or a file of another architecture (every missing,
+        unexpected and mis-shaped key is named, with both shapes).
+    """
+    flat, layout = to_canonical(read_npz(path))
+    init = paths.flatten(init_params(model, rng))
+    if "pre_logits/kernel" in flat and "pre_logits/kernel" not in init:
+        log.info(
+            "dropping the checkpoint's pre_logits layer: the model has no representation layer"
+        )
+        flat = {k: v for k, v in flat.items() if not k.startswith("pre_logits/")}
+    head_fits = all(
+        k in init and init[k].shape == v.shape for k, v in flat.items() if k.startswith("head/")
+    )
+    if not (keep_head and head_fits):
+        flat = {k: v for k, v in flat.items() if not k.startswith("head/")}
+    grid = (model.config.grid_size, model.config.grid_size)
+    resizable = (
+        POSEMB in flat and POSEMB in init and flat[POSEMB].shape[-1] == init[POSEMB].shape[-1]
+    )
+    if resizable and flat[POSEMB].shape != init[POSEMB].shape:
+        log.info("resizing position embeddings %s -> %s", flat[POSEMB].shape, init[POSEMB].shape)
+        flat[POSEMB] = resize_posemb(flat[POSEMB], grid)
+
+    fresh_re = [re.compile(p) for p in fresh]
+    is_fresh = lambda k: any(r.fullmatch(k) for r in fresh_re)
+    missing = [k for k in init if k not in flat and not is_fresh(k)]
+    unexpected = [k for k in flat if k not in init]
+    misshaped = [
+        f"{k} (checkpoint {tuple(flat[k].shape)} vs model {tuple(init[k].shape)})"
+        for k in init
+        if k in flat and flat[k].shape != init[k].shape
+    ]
+    if missing or unexpected or misshaped:
+        problems = [
+            f"{len(items)} {what}: {', '.join(items)}"
+            for what, items in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("mis-shaped", misshaped),
+            )
+            if items
+        ]
+        raise CheckpointError(
+            f"{os.fspath(path)} ({layout} layout) holds {describe(flat)}, which does not fit the "
+            f"model ({_describe_model(model)}): {'; '.join(problems)}; choose the matching variant"
+        )
+    params = {
+        k: np.asarray(flat[k], dtype=init[k].dtype) if k in flat else np.asarray(init[k])
+        for k in init
+    }
+    log.info("loaded %s (%s layout, %d leaves)", os.fspath(path), layout, len(params))
+    return paths.unflatten(params)
+
+
+def _describe_model(model: VisionTransformer) -> str:
+    c = model.config
+    return f"hidden {c.hidden_size}, {c.num_layers} layers, patch {c.patch_size}"
