@@ -39,7 +39,7 @@ def median_seconds(fn, steps: int, warmup: int = 2) -> float:
 
 
 def bench(variant: str, batch: int, steps: int) -> tuple[float, float]:
-    from timm.models.vision_transformer import VisionTransformer as TimmViT
+    from timm.models.vision_transformer import VisionTransformer as TimmViT  # after torch_reference
 
     config = ViTConfig.from_variant(variant, gelu_approximate=False)
     model = VisionTransformer(config, None)

@@ -62,9 +62,9 @@ def test_vit_b16_backbone_count_without_head_and_pre_logits():
 
 
 def test_parameter_counts_match_timm():
-    from timm.models.vision_transformer import VisionTransformer as TimmViT
-
     from tests.torch_reference import torch
+
+    TimmViT = pytest.importorskip("timm.models.vision_transformer").VisionTransformer
 
     for size, widths in SIZES.items():
         for patch in PATCH_SIZES:

@@ -45,7 +45,7 @@ _LINEN_TO_ORIGINAL = {
 }
 _ORIGINAL_TO_LINEN = {v: k for k, v in _LINEN_TO_ORIGINAL.items()}
 # Leaves a pretrained backbone file does not hold: the task head and the tuning parameters.
-FRESH_PARAMS = (r"head/.*", r"head_mlp/.*", r".*/prompt/.*", r".*/lora_[ab]/.*", r".*lora_[ab]")
+FRESH_PARAMS = (r"head/.*", r"head_mlp_\d+/.*", r"Transformer/prompt/.*", r".*_lora/[ab]")
 
 
 class CheckpointError(UserError):

@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vpt_jax.models.lora import LoRA
+
 Array = jax.Array
 
 # Widths of the published sizes (ViT paper, Table 1; Ti and S from "How to train your ViT").
@@ -105,11 +107,14 @@ class AddPositionEmbs(nn.Module):
 class MultiHeadDotProductAttention(nn.Module):
     """Self-attention with the checkpoint's `query`/`key`/`value`/`out` DenseGeneral layout.
 
-    Kernels: query/key/value `(D, H, D/H)`, out `(H, D/H, D)`. Softmax runs in float32.
+    Kernels: query/key/value `(D, H, D/H)`, out `(H, D/H, D)`. Softmax runs in float32. With
+    `lora_rank > 0`, query and value get trainable low-rank updates (`query_lora`, `value_lora`).
     """
 
     num_heads: int
     dropout_rate: float = 0.0
+    lora_rank: int = 0
+    lora_alpha: float = 1.0
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool) -> Array:
@@ -120,8 +125,14 @@ class MultiHeadDotProductAttention(nn.Module):
         dense = lambda name: nn.DenseGeneral(
             (self.num_heads, head_dim), kernel_init=nn.initializers.xavier_uniform(), name=name
         )
-        query = dense("query")(x) / jnp.sqrt(head_dim).astype(x.dtype)
-        key, value = dense("key")(x), dense("value")(x)
+        query, key, value = dense("query")(x), dense("key")(x), dense("value")(x)
+        if self.lora_rank:
+            lora = lambda name: LoRA(
+                self.lora_rank, (self.num_heads, head_dim), self.lora_alpha, name=name
+            )
+            query = query + lora("query_lora")(x)
+            value = value + lora("value_lora")(x)
+        query = query / jnp.sqrt(head_dim).astype(x.dtype)
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
@@ -159,12 +170,18 @@ class Encoder1DBlock(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     gelu_approximate: bool = True
+    lora_rank: int = 0
+    lora_alpha: float = 1.0
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool) -> Array:
         y = nn.LayerNorm(epsilon=1e-6, name="LayerNorm_0")(x)
         y = MultiHeadDotProductAttention(
-            self.num_heads, self.attention_dropout_rate, name="MultiHeadDotProductAttention_1"
+            self.num_heads,
+            self.attention_dropout_rate,
+            self.lora_rank,
+            self.lora_alpha,
+            name="MultiHeadDotProductAttention_1",
         )(y, deterministic=deterministic)
         x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
         y = nn.LayerNorm(epsilon=1e-6, name="LayerNorm_2")(x)
@@ -177,9 +194,10 @@ class Encoder1DBlock(nn.Module):
 class Encoder(nn.Module):
     """Position embeddings, the blocks and the final LayerNorm (`Transformer/...`).
 
-    Subclasses add tokens through `insert_tokens`, which runs once before every block; the base class
-    inserts nothing. `train` drives the subclass's own dropout, `backbone_train` the backbone's, so a
-    frozen backbone can run deterministic while prompts train.
+    Subclasses add tokens through two hooks: `extra_tokens` runs once and creates what is inserted
+    (the base class: nothing), `insert_tokens` runs before every block and places it. `train` drives
+    the subclass's own dropout, `backbone_train` the backbone's, so a frozen backbone can run
+    deterministic while prompts train. `lora_rank > 0` adds LoRA factors to every block's attention.
     """
 
     num_layers: int
@@ -189,10 +207,17 @@ class Encoder(nn.Module):
     attention_dropout_rate: float = 0.0
     gelu_approximate: bool = True
     patch_size: int = 16  # informs subclasses (the VPT prompt init depends on it)
+    lora_rank: int = 0  # rank of LoRA updates on attention query/value; 0: none
+    lora_alpha: float = 1.0  # LoRA updates are scaled by lora_alpha / lora_rank
 
-    def insert_tokens(self, x: Array, layer: int, *, train: bool) -> Array:
-        """Returns the token sequence fed to block `layer` (identity here)."""
-        del layer, train
+    def extra_tokens(self, width: int, *, train: bool) -> Array | None:
+        """Creates the tokens to insert (the base class inserts none)."""
+        del width, train
+        return None
+
+    def insert_tokens(self, x: Array, layer: int, extra: Array | None, *, train: bool) -> Array:
+        """Returns the token sequence fed to block `layer` (unchanged here)."""
+        del layer, extra, train
         return x
 
     @nn.compact
@@ -202,14 +227,17 @@ class Encoder(nn.Module):
         out: dict[str, Array] = {}
         x = AddPositionEmbs(name="posembed_input")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not backbone_train)
+        extra = self.extra_tokens(x.shape[-1], train=train)
         for i in range(self.num_layers):
-            x = out[f"block_{i}_input"] = self.insert_tokens(x, i, train=train)
+            x = out[f"block_{i}_input"] = self.insert_tokens(x, i, extra, train=train)
             x = out[f"block_{i}"] = Encoder1DBlock(
                 self.num_heads,
                 self.mlp_dim,
                 self.dropout_rate,
                 self.attention_dropout_rate,
                 self.gelu_approximate,
+                self.lora_rank,
+                self.lora_alpha,
                 name=f"encoderblock_{i}",
             )(x, deterministic=not backbone_train)
         return nn.LayerNorm(epsilon=1e-6, name="encoder_norm")(x), out
@@ -231,6 +259,7 @@ class VisionTransformer(nn.Module):
     num_classes: int | None = None
     encoder: EncoderFactory = Encoder  # injectable: e.g. functools.partial(PromptedEncoder, ...)
     head_init: Callable[..., Array] = nn.initializers.zeros  # zeros, as google's fine-tuning does
+    head_mlp_dims: tuple[int, ...] = ()  # hidden widths of an MLP (ReLU) head; () = linear head
 
     @nn.compact
     def __call__(
@@ -267,6 +296,8 @@ class VisionTransformer(nn.Module):
         if cfg.representation_size is not None:
             x = jnp.tanh(nn.Dense(cfg.representation_size, name="pre_logits")(x))
         out["pre_logits"] = x
+        for k, width in enumerate(self.head_mlp_dims):
+            x = nn.relu(nn.Dense(width, name=f"head_mlp_{k}")(x))
         if self.num_classes:
             x = out["logits"] = nn.Dense(self.num_classes, kernel_init=self.head_init, name="head")(
                 x
