@@ -1,5 +1,7 @@
 """vpt_jax: visual prompt tuning vs full finetuning, in JAX/Flax."""
 
+import pathlib
+
 from setuptools import find_packages, setup
 
 RUNTIME = [
@@ -17,6 +19,7 @@ RUNTIME = [
     "matplotlib",
     "numpy",
     "pillow",
+    "importlib_resources",  # tensorflow-datasets 4.9.10 uses it on every Python but declares it only for <3.9
 ]
 
 # Parity tests only: the PyTorch reference implementations. torch is pinned to the local CPU build;
@@ -40,7 +43,7 @@ setup(
     name="vpt_jax",
     version="0.1.0",
     description="Visual prompt tuning or full finetuning? The ICLR 2024 study in JAX/Flax, as a tool.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=pathlib.Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["vpt_jax", "vpt_jax.*"]),

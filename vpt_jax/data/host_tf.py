@@ -1,0 +1,37 @@
+"""TensorFlow as a host-only data reader: imported quietly, with every accelerator hidden from it.
+
+JAX owns the accelerators (design decision 7). TensorFlow, used only by tf.data and TFDS, must not
+claim GPU memory, so the accelerators are hidden from it before it initialises its devices. Modules
+that need TensorFlow import it from here (`from vpt_jax.data.host_tf import tf`), so the set-up runs
+once and before any other TensorFlow use in this package.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow as tf  # after the environment variable above: TF reads it on import
+
+log = logging.getLogger(__name__)
+
+
+def _hide_accelerators() -> None:
+    for device_type in ("GPU", "TPU"):
+        try:
+            tf.config.set_visible_devices([], device_type)
+        except RuntimeError:
+            # TensorFlow initialised its devices elsewhere in this process before this module ran.
+            log.warning(
+                "TensorFlow already holds the %s devices; import vpt_jax.data.host_tf earlier",
+                device_type,
+            )
+        except ValueError:
+            pass  # no such device type in this TensorFlow build
+
+
+_hide_accelerators()
+
+__all__ = ["tf"]

@@ -1,0 +1,149 @@
+"""Device-side preprocessing of uint8 batches: normalisation and optional augmentation, in jnp.
+
+Batches arrive as uint8 `(B, H, W, 3)` already at the model resolution
+(`vpt_jax.data.image_convert`), so these functions are cheap, shape-preserving and run inside the
+jitted train/eval steps.
+
+Normalisation (`normalization` in the config):
+
+* `inception` (default): `x / 127.5 - 1`, values in `[-1, 1]`: what the google-research ViT
+  checkpoints were trained with.
+* `imagenet`: `(x / 255 - mean) / std` with the ImageNet mean and std: what the PyTorch VPT code
+  used.
+
+Augmentation is off by default (the VPT protocol uses none): a random horizontal flip, and a random
+crop that pads by `crop_padding` zero pixels on each side and crops back to the original size.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from vpt_jax.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Per-channel (mean, std) in 0..255 pixel units.
+NORMALIZATIONS = {
+    "inception": ((127.5,) * 3, (127.5,) * 3),
+    "imagenet": (
+        tuple(255.0 * m for m in IMAGENET_MEAN),
+        tuple(255.0 * s for s in IMAGENET_STD),
+    ),
+}
+
+
+def check_normalization(name: str) -> str:
+    """Returns `name` if it is a known normalisation.
+
+    Args:
+        name: `inception` or `imagenet`.
+
+    Returns:
+        The name.
+
+    Raises:
+        UserError: Unknown name; the message lists the valid ones.
+    """
+    if name not in NORMALIZATIONS:
+        raise UserError(f"unknown normalization {name!r}; use one of {', '.join(NORMALIZATIONS)}")
+    return name
+
+
+def normalize(images: jax.Array, normalization: str = "inception") -> jax.Array:
+    """uint8 pixels to float32 model inputs.
+
+    Args:
+        images: uint8 `(..., 3)`.
+        normalization: `inception` (`[-1, 1]`) or `imagenet` (ImageNet mean/std).
+
+    Returns:
+        float32 array of the same shape.
+    """
+    mean, std = NORMALIZATIONS[check_normalization(normalization)]
+    images = images.astype(jnp.float32)
+    return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def random_flip(rng: jax.Array, images: jax.Array) -> jax.Array:
+    """Flips each image left-right with probability 1/2.
+
+    Args:
+        rng: PRNG key.
+        images: `(B, H, W, C)`.
+
+    Returns:
+        The batch, same shape and dtype.
+    """
+    flip = jax.random.bernoulli(rng, 0.5, (images.shape[0], 1, 1, 1))
+    return jnp.where(flip, images[:, :, ::-1, :], images)
+
+
+def random_crop(rng: jax.Array, images: jax.Array, padding: int) -> jax.Array:
+    """Pads each image by `padding` zeros per side and crops the original size at a random offset.
+
+    Args:
+        rng: PRNG key.
+        images: `(B, H, W, C)`.
+        padding: Pixels of zero padding per side; 0 returns the batch unchanged.
+
+    Returns:
+        The batch, same shape and dtype.
+    """
+    if padding == 0:
+        return images
+    batch, height, width, channels = images.shape
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    offsets = jax.random.randint(rng, (batch, 2), 0, 2 * padding + 1)
+
+    def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
+
+    return jax.vmap(crop)(padded, offsets)
+
+
+def augment(
+    rng: jax.Array, images: jax.Array, *, flip: bool = False, crop_padding: int = 0
+) -> jax.Array:
+    """The enabled augmentations, in the order crop then flip.
+
+    Args:
+        rng: PRNG key.
+        images: uint8 `(B, H, W, C)`.
+        flip: Random horizontal flips.
+        crop_padding: Random-crop padding in pixels; 0 disables cropping.
+
+    Returns:
+        The batch, same shape and dtype.
+    """
+    if crop_padding < 0:
+        raise UserError(f"crop_padding must be >= 0, got {crop_padding}")
+    crop_rng, flip_rng = jax.random.split(rng)
+    images = random_crop(crop_rng, images, crop_padding)
+    return random_flip(flip_rng, images) if flip else images
+
+
+def preprocess_batch(
+    images: jax.Array,
+    *,
+    normalization: str = "inception",
+    rng: jax.Array | None = None,
+    flip: bool = False,
+    crop_padding: int = 0,
+) -> jax.Array:
+    """Augments (when an `rng` is given and an augmentation is on) and normalises a uint8 batch.
+
+    Args:
+        images: uint8 `(B, H, W, 3)`.
+        normalization: `inception` or `imagenet`.
+        rng: PRNG key for augmentation; None (evaluation) never augments.
+        flip: Random horizontal flips.
+        crop_padding: Random-crop padding in pixels.
+
+    Returns:
+        float32 `(B, H, W, 3)` model inputs.
+    """
+    if rng is not None and (flip or crop_padding):
+        images = augment(rng, images, flip=flip, crop_padding=crop_padding)
+    return normalize(images, normalization)
