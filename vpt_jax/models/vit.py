@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from vpt_jax.models.lora import LoRA
+from vpt_jax.models.precision import attention, check_precision, policy
 
 Array = jax.Array
 
@@ -49,6 +50,12 @@ class ViTConfig:
     )
     dropout_rate: float = 0.0  # backbone dropout after embeddings, attention output and MLP layers
     attention_dropout_rate: float = 0.0  # dropout on attention weights
+    # Compute precision (parameters stay float32): float32 | bf16 (bf16_matmul on CPU,
+    # bf16_activations elsewhere) | bf16_matmul | bf16_activations; see models/precision.py.
+    precision: str = "float32"
+
+    def __post_init__(self):
+        check_precision(self.precision)
 
     @classmethod
     def from_variant(cls, variant: str, **overrides: Any) -> ViTConfig:
@@ -82,6 +89,7 @@ class PatchEmbedding(nn.Module):
 
     patch_size: int
     features: int
+    precision: str = "float32"
 
     @nn.compact
     def __call__(self, images: Array) -> Array:
@@ -91,7 +99,11 @@ class PatchEmbedding(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         patches = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
         patches = patches.reshape(b, (h // p) * (w // p), p * p * c)
-        return patches @ kernel.reshape(p * p * c, self.features).astype(patches.dtype) + bias
+        kernel = kernel.reshape(p * p * c, self.features)
+        compute = policy(self.precision)
+        if compute.mode == "float32":
+            return patches @ kernel.astype(patches.dtype) + bias
+        return compute.cast(compute.matmul(patches, kernel) + bias)
 
 
 class AddPositionEmbs(nn.Module):
@@ -101,7 +113,7 @@ class AddPositionEmbs(nn.Module):
     def __call__(self, x: Array) -> Array:
         shape = (1, x.shape[1], x.shape[2])
         pos_embedding = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), shape)
-        return x + pos_embedding
+        return x + pos_embedding.astype(x.dtype)
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -109,12 +121,15 @@ class MultiHeadDotProductAttention(nn.Module):
 
     Kernels: query/key/value `(D, H, D/H)`, out `(H, D/H, D)`. Softmax runs in float32. With
     `lora_rank > 0`, query and value get trainable low-rank updates (`query_lora`, `value_lora`).
+    In `bf16_activations` precision, attention without active dropout is the fused
+    `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
     """
 
     num_heads: int
     dropout_rate: float = 0.0
     lora_rank: int = 0
     lora_alpha: float = 1.0
+    precision: str = "float32"
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool) -> Array:
@@ -122,8 +137,12 @@ class MultiHeadDotProductAttention(nn.Module):
         if features % self.num_heads:
             raise ValueError(f"hidden size {features} is not divisible by {self.num_heads} heads")
         head_dim = features // self.num_heads
+        compute = policy(self.precision)
         dense = lambda name: nn.DenseGeneral(
-            (self.num_heads, head_dim), kernel_init=nn.initializers.xavier_uniform(), name=name
+            (self.num_heads, head_dim),
+            kernel_init=nn.initializers.xavier_uniform(),
+            name=name,
+            **compute.dense_kwargs(),
         )
         query, key, value = dense("query")(x), dense("key")(x), dense("value")(x)
         if self.lora_rank:
@@ -132,13 +151,20 @@ class MultiHeadDotProductAttention(nn.Module):
             )
             query = query + lora("query_lora")(x)
             value = value + lora("value_lora")(x)
-        query = query / jnp.sqrt(head_dim).astype(x.dtype)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
-        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        if compute.fused_attention and (deterministic or not self.dropout_rate):
+            attended = attention(query, key, value)
+        else:
+            query = query / jnp.sqrt(head_dim).astype(query.dtype)
+            logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)
+            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
+            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+            attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
         return nn.DenseGeneral(
-            features, axis=(-2, -1), kernel_init=nn.initializers.xavier_uniform(), name="out"
+            features,
+            axis=(-2, -1),
+            kernel_init=nn.initializers.xavier_uniform(),
+            name="out",
+            **compute.dense_kwargs(),
         )(attended)
 
 
@@ -148,6 +174,7 @@ class MlpBlock(nn.Module):
     mlp_dim: int
     dropout_rate: float = 0.0
     gelu_approximate: bool = True
+    precision: str = "float32"
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool) -> Array:
@@ -155,6 +182,7 @@ class MlpBlock(nn.Module):
             features,
             kernel_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.normal(stddev=1e-6),
+            **policy(self.precision).dense_kwargs(),
         )
         y = nn.gelu(dense(self.mlp_dim)(x), approximate=self.gelu_approximate)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
@@ -172,22 +200,29 @@ class Encoder1DBlock(nn.Module):
     gelu_approximate: bool = True
     lora_rank: int = 0
     lora_alpha: float = 1.0
+    precision: str = "float32"
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool) -> Array:
-        y = nn.LayerNorm(epsilon=1e-6, name="LayerNorm_0")(x)
+        dtype = policy(self.precision).dtype
+        y = nn.LayerNorm(epsilon=1e-6, dtype=dtype, name="LayerNorm_0")(x)
         y = MultiHeadDotProductAttention(
             self.num_heads,
             self.attention_dropout_rate,
             self.lora_rank,
             self.lora_alpha,
+            self.precision,
             name="MultiHeadDotProductAttention_1",
         )(y, deterministic=deterministic)
         x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-        y = nn.LayerNorm(epsilon=1e-6, name="LayerNorm_2")(x)
-        y = MlpBlock(self.mlp_dim, self.dropout_rate, self.gelu_approximate, name="MlpBlock_3")(
-            y, deterministic=deterministic
-        )
+        y = nn.LayerNorm(epsilon=1e-6, dtype=dtype, name="LayerNorm_2")(x)
+        y = MlpBlock(
+            self.mlp_dim,
+            self.dropout_rate,
+            self.gelu_approximate,
+            self.precision,
+            name="MlpBlock_3",
+        )(y, deterministic=deterministic)
         return x + y
 
 
@@ -209,6 +244,7 @@ class Encoder(nn.Module):
     patch_size: int = 16  # informs subclasses (the VPT prompt init depends on it)
     lora_rank: int = 0  # rank of LoRA updates on attention query/value; 0: none
     lora_alpha: float = 1.0  # LoRA updates are scaled by lora_alpha / lora_rank
+    precision: str = "float32"  # compute precision (see models/precision.py)
 
     def extra_tokens(self, width: int, *, train: bool) -> Array | None:
         """Creates the tokens to insert (the base class inserts none)."""
@@ -238,9 +274,11 @@ class Encoder(nn.Module):
                 self.gelu_approximate,
                 self.lora_rank,
                 self.lora_alpha,
+                self.precision,
                 name=f"encoderblock_{i}",
             )(x, deterministic=not backbone_train)
-        return nn.LayerNorm(epsilon=1e-6, name="encoder_norm")(x), out
+        norm = nn.LayerNorm(epsilon=1e-6, dtype=policy(self.precision).dtype, name="encoder_norm")
+        return norm(x), out
 
 
 EncoderFactory = Callable[..., nn.Module]
@@ -273,9 +311,9 @@ class VisionTransformer(nn.Module):
                 f"images must be NHWC with sides divisible by the patch size {cfg.patch_size}; "
                 f"got shape {images.shape}"
             )
-        x = out["embedded"] = PatchEmbedding(cfg.patch_size, cfg.hidden_size, name="embedding")(
-            images
-        )
+        x = out["embedded"] = PatchEmbedding(
+            cfg.patch_size, cfg.hidden_size, cfg.precision, name="embedding"
+        )(images)
         cls = self.param("cls", nn.initializers.zeros, (1, 1, cfg.hidden_size))
         x = jnp.concatenate(
             [jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[2])).astype(x.dtype), x], 1
@@ -288,11 +326,12 @@ class VisionTransformer(nn.Module):
             attention_dropout_rate=cfg.attention_dropout_rate,
             gelu_approximate=cfg.gelu_approximate,
             patch_size=cfg.patch_size,
+            precision=cfg.precision,
             name="Transformer",
         )(x, train=train, backbone_train=backbone_train)
         out.update(blocks)
         out["encoded"] = x
-        x = x[:, 0]
+        x = x[:, 0].astype(jnp.float32)  # the head runs in float32 in every precision
         if cfg.representation_size is not None:
             x = jnp.tanh(nn.Dense(cfg.representation_size, name="pre_logits")(x))
         out["pre_logits"] = x
@@ -329,12 +368,15 @@ def create_model(
 
 
 def init_params(model: VisionTransformer, rng: Array | int = 0) -> dict[str, Any]:
-    """Randomly initialised parameters of `model` (a nested dict)."""
+    """Randomly initialised parameters of `model` (a nested dict).
+
+    Uses `lazy_init`: the initialisers run, the forward pass does not (no model-sized compile).
+    """
     if isinstance(rng, int):
         rng = jax.random.key(rng)
     size = model.config.image_size
-    images = jnp.zeros((1, size, size, 3), jnp.float32)
-    return jax.jit(lambda r: model.init(r, images)["params"])(rng)
+    images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    return model.lazy_init(rng, images)["params"]
 
 
 def param_shapes(model: VisionTransformer) -> dict[str, Any]:

@@ -41,6 +41,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
+def masked_mean(values: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Mean over the rows where `mask` is True (all rows without a mask)."""
+    if mask is None:
+        return jnp.mean(values)
+    mask = mask.astype(values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -51,7 +59,7 @@ def train_step(
     backbone_train: bool,
     preprocess: Preprocess | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on a batch `{"image", "label"}`.
+    """One optimizer step on a batch `{"image", "label"}` (and `mask`: padding rows are ignored).
 
     Args:
       state: the current state.
@@ -77,13 +85,14 @@ def train_step(
             backbone_train=backbone_train,
             rngs={"dropout": dropout_rng},
         )
-        return cross_entropy(logits, batch["label"]).mean(), logits
+        return masked_mean(cross_entropy(logits, batch["label"]), mask), logits
 
+    mask = batch.get("mask")
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     grads = merge(grads, jax.tree_util.tree_map(jnp.zeros_like, frozen))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    accuracy = masked_mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32), mask)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
     return new_state, {"loss": loss, "accuracy": accuracy}
 

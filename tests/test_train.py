@@ -1,0 +1,227 @@
+"""The trainer and CLI: end-to-end runs, files, resume after a real kill, multi-device, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vpt_jax import config as config_lib
+from vpt_jax.errors import UserError
+from vpt_jax.models.checkpoint import save_npz
+from vpt_jax.models.vit import VisionTransformer, ViTConfig, init_params
+from vpt_jax.train import loop, records
+from vpt_jax.tuning.artifact import load_artifact
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ViTConfig(patch_size=4, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64, image_size=16)
+
+
+@pytest.fixture(scope="module")
+def base_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "tiny.npz"
+    save_npz(path, init_params(VisionTransformer(TINY, 7, head_init=_normal), 3))
+    return str(path)
+
+
+def _normal(key, shape, dtype=jnp.float32):
+    import jax
+
+    return jax.random.normal(key, shape, dtype) * 0.02
+
+
+def tiny_config(checkpoint: str, **overrides):
+    c = config_lib.base_config()
+    c.model.variant = "auto"
+    c.model.checkpoint = checkpoint
+    c.model.image_size = 16
+    c.data.dataset = "procedural:location"
+    c.data.train_split = "train64"
+    c.data.eval_splits = ("val24", "test40")
+    c.strategy.name = "vpt_deep"
+    c.strategy.num_prompts = 2
+    c.optimizer.lr = 0.5
+    c.optimizer.warmup_epochs = 1
+    c.train.epochs = 2
+    c.train.batch_size = 16
+    c.train.eval_batch_size = 16
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        c[section][field] = value
+    return c
+
+
+def cli(workdir, checkpoint, *args, env=None, **kwargs):
+    """Runs `python -m vpt_jax.main` on the tiny setting; returns the CompletedProcess/Popen."""
+    cmd = [
+        sys.executable, "-m", "vpt_jax.main", "--config", "tests/configs/tiny.py",
+        f"--config.model.checkpoint={checkpoint}", f"--workdir={workdir}", *args,
+    ]  # fmt: skip
+    full_env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, **kwargs)
+
+
+def test_one_epoch_end_to_end_through_the_cli(tmp_path, base_checkpoint):
+    proc = cli(tmp_path / "run", base_checkpoint, "--config.train.epochs=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "result.json", "artifact.npz"):
+        assert (run / name).stat().st_size > 0, name
+    assert (run / "checkpoints" / "stage0" / "1").is_dir()
+    assert list((run / "tensorboard").iterdir())
+    config = json.loads((run / "config.json").read_text())
+    assert config["strategy"]["name"] == "vpt_deep" and config["train"]["epochs"] == 1
+    rows = records.read_metrics(str(run / "metrics.jsonl"))
+    assert [r["epoch"] for r in rows] == [1]
+    assert {"train_loss", "train_accuracy", "val24_loss", "val24_top1", "test40_top1"} <= set(
+        rows[0]
+    )
+    result = json.loads((run / "result.json").read_text())
+    assert result["final"]["test40_top1"] == rows[0]["test40_top1"]
+    assert result["tuned_parameters"] == 2 * 2 * 32 + 32 * 8 + 8  # deep prompts + 8-way head
+    assert "trainable of" in proc.stdout and "img/s" in proc.stdout
+    # The artifact loads on the base checkpoint and holds only prompts and head.
+    model, params, meta = load_artifact(run / "artifact.npz", base_checkpoint)
+    assert meta["tuned_parameters"] == result["tuned_parameters"]
+    # A finished run is not redone.
+    again = cli(tmp_path / "run", base_checkpoint, "--config.train.epochs=1")
+    assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_resume_after_a_real_kill_matches_an_uninterrupted_run(tmp_path, base_checkpoint):
+    args = ("--config.train.epochs=6", "--config.data.train_split=train128")
+    reference = cli(tmp_path / "ref", base_checkpoint, *args)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    cmd = [
+        sys.executable, "-m", "vpt_jax.main", "--config", "tests/configs/tiny.py",
+        f"--config.model.checkpoint={base_checkpoint}", f"--workdir={tmp_path / 'killed'}", *args,
+    ]  # fmt: skip
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "epoch 2/6" in line:  # epoch 2 is checkpointed; epoch 3 is under way
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "result.json").exists()
+    resumed = cli(tmp_path / "killed", base_checkpoint, *args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed stage 1 from its epoch-" in resumed.stdout
+    ref_rows = records.read_metrics(str(tmp_path / "ref" / "metrics.jsonl"))
+    got_rows = records.read_metrics(str(tmp_path / "killed" / "metrics.jsonl"))
+    assert [r["epoch"] for r in got_rows] == [1, 2, 3, 4, 5, 6]
+    for ref, got in zip(ref_rows, got_rows, strict=True):
+        for key in ("train_loss", "val24_loss", "test40_top1", "test40_loss"):
+            assert got[key] == pytest.approx(ref[key], rel=1e-6), (key, ref["epoch"])
+    ref_result = json.loads((tmp_path / "ref" / "result.json").read_text())
+    got_result = json.loads((tmp_path / "killed" / "result.json").read_text())
+    assert got_result["final"] == pytest.approx(ref_result["final"], rel=1e-6)
+
+
+def test_four_devices_match_one_device(tmp_path, base_checkpoint):
+    args = ("--config.train.epochs=3", "--config.strategy.name=full", "--config.optimizer.lr=0.01")
+    one = cli(tmp_path / "one", base_checkpoint, *args)
+    four = cli(
+        tmp_path / "four",
+        base_checkpoint,
+        *args,
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
+    assert one.returncode == 0 and four.returncode == 0, four.stderr[-2000:]
+    assert "on 4 device(s)" in four.stdout and "on 1 device(s)" in one.stdout
+    a = records.read_metrics(str(tmp_path / "one" / "metrics.jsonl"))
+    b = records.read_metrics(str(tmp_path / "four" / "metrics.jsonl"))
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in b], [r["train_loss"] for r in a], rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        [r["test40_loss"] for r in b], [r["test40_loss"] for r in a], rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"strategy.name": "prompting"}, "unknown strategy 'prompting'; use one of: full"),
+        ({"data.dataset": "vtab/cifar1000"}, "unknown VTAB-1k task 'cifar1000'; valid tasks: "),
+        ({"optimizer.lr": -0.1}, "optimizer.lr must be a positive number, got -0.1"),
+        ({"strategy.num_prompts": 0}, "needs a prompt length >= 1 (got 0)"),
+        ({"train.batch_size": 0}, "train.batch_size must be >= 1"),
+    ],
+)
+def test_config_errors_fail_before_any_work(tmp_path, base_checkpoint, overrides, message):
+    c = tiny_config(base_checkpoint, **overrides)
+    loop.TRACE_COUNTS.clear()
+    with pytest.raises(UserError) as e:
+        loop.train_and_evaluate(c, str(tmp_path / "run"))
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert loop.TRACE_COUNTS["train_step"] == 0
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_batch_not_divisible_by_devices():
+    c = config_lib.base_config()
+    c.train.batch_size = 30
+    with pytest.raises(UserError, match="train.batch_size=30 is not divisible by the 4 devices"):
+        config_lib.validate(c, num_devices=4)
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path, base_checkpoint):
+    proc = cli(tmp_path / "run", base_checkpoint, "--config.optimizer.lr=-1")
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == "error: optimizer.lr must be a positive number, got -1.0"
+    )
+    misspelled = cli(tmp_path / "run2", base_checkpoint, "--config.optimizer.lrr=1")
+    assert misspelled.returncode != 0 and "lrr" in misspelled.stderr
+
+
+def test_train_step_compiles_once_and_workdir_config_is_guarded(tmp_path, base_checkpoint):
+    loop.TRACE_COUNTS.clear()
+    c = tiny_config(base_checkpoint, **{"train.epochs": 3})
+    result = loop.train_and_evaluate(c, str(tmp_path / "run"))
+    assert loop.TRACE_COUNTS["train_step"] == 1  # 3 epochs x 4 steps, one trace
+    assert 0 <= result["final"]["test40_top1"] <= 1
+    other = tiny_config(base_checkpoint, **{"train.epochs": 4})
+    with pytest.raises(UserError, match="holds a run with another config"):
+        loop.train_and_evaluate(other, str(tmp_path / "run"))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
+    tmp_path, base_checkpoint, monkeypatch
+):
+    real_step = loop.train_step
+
+    def diverging_step(state, batch, **kwargs):
+        new_state, metrics = real_step(state, batch, **kwargs)
+        loss = jnp.where(state.step >= 8, jnp.nan, metrics["loss"])  # epoch 3 (4 steps/epoch)
+        return new_state, dict(metrics, loss=loss)
+
+    monkeypatch.setattr(loop, "train_step", diverging_step)
+    c = tiny_config(base_checkpoint, **{"train.epochs": 4})
+    with pytest.raises(loop.TrainingDiverged) as e:
+        loop.train_and_evaluate(c, str(tmp_path / "run"))
+    msg = str(e.value)
+    assert "the loss is nan in epoch 3" in msg and "last good checkpoint (epoch 2)" in msg
+    steps = sorted(os.listdir(tmp_path / "run" / "checkpoints" / "stage0"))
+    assert steps[-1] == "2"
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_ft_then_pt_runs_both_stages(tmp_path, base_checkpoint):
+    c = tiny_config(base_checkpoint, **{"strategy.name": "ft_then_pt", "ft_stage.epochs": 1})
+    result = loop.train_and_evaluate(c, str(tmp_path / "run"))
+    rows = records.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    assert [(r["stage"], r["epoch"]) for r in rows] == [(0, 1), (1, 1), (1, 2)]
+    # Stage 2 keeps stage 1's finetuned backbone frozen; the artifact carries it with the prompts.
+    model, params, meta = load_artifact(tmp_path / "run" / "artifact.npz", base_checkpoint)
+    assert meta["strategy"]["name"] == "ft_then_pt"
+    assert result["tuned_parameters"] == result["total_parameters"]

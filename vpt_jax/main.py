@@ -1,0 +1,91 @@
+"""The command line: `python -m vpt_jax.main --config configs/<file>.py[:args] --workdir DIR`.
+
+The config's `kind` picks what runs: `run` (one training run) or `study` (a protocol of runs).
+Overrides follow ml_collections: `--config.optimizer.lr=0.5`. A mistake the user can fix ends in
+one `error: ...` line on stderr and exit status 2, before any long work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from vpt_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Config file, optionally with an argument: configs/vtab.py:task=dtd",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's (or study's) records.")
+
+
+def setup_logging() -> None:
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("vpt_jax")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    if config is None or not workdir:
+        raise UserError(
+            "both --config and --workdir are required, e.g. --config configs/demo.py --workdir runs/demo"
+        )
+    setup_logging()
+    _hide_accelerators_from_tensorflow()
+    if config.get("distributed") and config.distributed.coordinator_address:
+        import jax
+
+        jax.distributed.initialize(
+            config.distributed.coordinator_address,
+            config.distributed.num_processes,
+            config.distributed.process_id,
+        )
+    if config.kind == "run":
+        from vpt_jax.train.loop import train_and_evaluate
+
+        train_and_evaluate(config, workdir)
+    elif config.kind == "study":
+        from vpt_jax.study.runner import run_study
+
+        run_study(config, workdir)
+    else:
+        raise UserError(f"config kind {config.kind!r} is not run or study")
+
+
+def _hide_accelerators_from_tensorflow() -> None:
+    # TensorFlow only reads data; JAX owns the accelerators' memory.
+    import vpt_jax.data.host_tf  # noqa: F401 - importing it hides them
+
+
+def main(argv: list[str]) -> None:
+    try:
+        _main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run() -> None:
+    """Console entry point (`vpt-jax`)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,59 @@
+"""Getting data onto the devices: the small training split lives there, evaluation is padded batches.
+
+Arrays are created with `jax.make_array_from_callback`, which builds global arrays from the same
+host data on every process, so the code is the same on one device, many devices, or many hosts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from vpt_jax.data import ArraySplit, DataSource, padded_batches
+
+DATA_AXIS = "data"
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh over every device (of every process), for data parallelism."""
+    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def global_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from the same host array on every process."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+class EvalData:
+    """An evaluation split: cached as uint8 arrays when small enough, otherwise read as a stream."""
+
+    def __init__(self, name: str, source: DataSource, cache_bytes: int):
+        self.name = name
+        self.source = source
+        size = source.num_examples
+        per_image = source.image_size**2 * 3
+        self.cached: ArraySplit | None = None
+        if size is not None and size * per_image <= cache_bytes:
+            self.cached = source.materialize()
+
+    def batches(self, batch_size: int, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
+        """Padded batches (with a `mask`) as sharded global arrays: each example counted once."""
+        sharding = batch_sharded(mesh)
+        for batch in padded_batches(self.cached or self.source, batch_size):
+            yield {
+                "image": global_array(batch.images, sharding),
+                "label": global_array(batch.labels.astype(np.int32), sharding),
+                "mask": global_array(batch.mask, sharding),
+            }

@@ -1,0 +1,63 @@
+"""The study's optimizers: SGD with momentum or AdamW, cosine decay with linear warmup, by label."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import optax
+
+from vpt_jax.tuning.rules import masked_optimizer
+
+
+def learning_rate(base_lr: float, batch_size: int, scale_by_batch: bool) -> float:
+    """The peak learning rate: `base_lr * batch_size / 256` when asked (the VPT code's rule)."""
+    return base_lr * batch_size / 256 if scale_by_batch else base_lr
+
+
+def schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to `peak`, then cosine decay to 0 at `total_steps`."""
+    warmup_steps = min(warmup_steps, total_steps)
+    if warmup_steps == 0:
+        return optax.cosine_decay_schedule(peak, max(total_steps, 1))
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak, warmup_steps, max(total_steps, warmup_steps + 1)
+    )
+
+
+def make_optimizer(
+    labels: Mapping[str, Any],
+    *,
+    name: str,
+    lr: optax.ScalarOrSchedule,
+    weight_decay: float,
+    momentum: float = 0.9,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    grad_clip: float = 0.0,
+) -> optax.GradientTransformation:
+    """The optimizer over the whole parameter tree, driven by the strategy's labels.
+
+    Args:
+      labels: label tree (frozen / decay / no_decay).
+      name: `sgd` (momentum, L2 weight decay added to the gradient, as torch SGD) or `adamw`
+        (decoupled weight decay).
+      lr: learning rate or schedule.
+      weight_decay: applied to `decay` leaves only.
+      momentum: SGD momentum.
+      b1: AdamW beta1.
+      b2: AdamW beta2.
+      eps: AdamW epsilon.
+      grad_clip: clip the global gradient norm to this first; 0 disables.
+    """
+    if name == "sgd":
+        make = lambda rate, wd: optax.chain(
+            optax.add_decayed_weights(wd), optax.sgd(rate, momentum=momentum)
+        )
+    elif name == "adamw":
+        make = lambda rate, wd: optax.adamw(rate, b1=b1, b2=b2, eps=eps, weight_decay=wd)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}")
+    tx = masked_optimizer(labels, make, lr, weight_decay)
+    return optax.chain(optax.clip_by_global_norm(grad_clip), tx) if grad_clip else tx
