@@ -1,0 +1,187 @@
+"""Named feature extractors: a feature space that statistics caches and FID tables can name.
+
+Dataset distances are only comparable within one feature space, so every extractor carries a
+`name` that identifies it (the network and a fingerprint of its weight file). The name keys the
+statistics caches (`vpt_jax.analysis.distance`) and is written into FID tables, so FIDs from
+different feature spaces are never mixed by accident.
+
+* `inception_extractor(weights)`: the FID Inception-v3 (2048-d pool3 features, as pytorch-fid).
+* `vit_extractor(checkpoint)`: a ViT checkpoint's own `pre_logits` features, its architecture read
+  from the file; no Inception weights needed (the offline path).
+* `FeatureExtractor(name, fn, dim, image_size)`: any other callable `fn(images) -> (B, dim)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from vpt_jax import paths
+from vpt_jax.analysis.features import FeaturesFn, inception_features_fn, vit_features_fn
+from vpt_jax.errors import UserError
+from vpt_jax.models import inception
+from vpt_jax.models.checkpoint import POSEMB, CheckpointError, describe, read_npz, to_canonical
+from vpt_jax.models.vit import ViTConfig, create_model, param_shapes
+
+FEATURES = ("inception", "vit")
+_CONVERT_HINT = (
+    "convert pytorch-fid's pt_inception-2015-12-05-6726825d.pth with "
+    "python -m vpt_jax.models.inception SRC.pth DST.npz"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureExtractor:
+    """A feature extractor with the identity a statistics cache needs.
+
+    Attributes:
+      name: identifies the feature space (network and weights), e.g. `inception-1a2b3c4d`.
+      fn: `fn(images) -> (B, dim)` for NHWC uint8 images.
+      dim: feature width, checked against reference statistics before any work.
+      image_size: the side images are read at; the extractor may resize again (Inception to 299).
+    """
+
+    name: str
+    fn: FeaturesFn
+    dim: int
+    image_size: int
+
+
+def file_fingerprint(path: str | os.PathLike, length: int = 8) -> str:
+    """The first `length` hex digits of the SHA-1 of a file's content."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
+def inception_extractor(weights: str | os.PathLike) -> FeatureExtractor:
+    """The FID feature space: pool3 of the 2015-12-05 Inception-v3 (pytorch-fid's weights).
+
+    Args:
+      weights: the `.npz` from `python -m vpt_jax.models.inception SRC.pth DST.npz` (or the `.pth`
+        itself when torch is installed).
+
+    Returns:
+      A 2048-d extractor named `inception-<fingerprint of the weight file>`.
+
+    Raises:
+      UserError: a missing file, or one that does not hold the FID Inception weights.
+    """
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise UserError(f"FID Inception weights not found: {path}; {_CONVERT_HINT}")
+    fn = inception_features_fn(path)
+    return FeatureExtractor(
+        f"inception-{file_fingerprint(path)}", fn, inception.FEATURE_DIM, inception.INPUT_SIZE
+    )
+
+
+def vit_config_from_checkpoint(flat: Mapping[str, np.ndarray]) -> ViTConfig:
+    """The architecture a canonical flat ViT checkpoint holds (widths, depth, resolution).
+
+    Args:
+      flat: `{name: array}` in vpt_jax's names (`models.checkpoint.to_canonical`).
+
+    Returns:
+      The config; `image_size` follows from the position embedding, `representation_size` from a
+      `pre_logits` layer when the file has one.
+    """
+    try:
+        query = flat["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"]
+        mlp = flat["Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"]
+        patch = int(flat["embedding/kernel"].shape[0])
+        positions = flat[POSEMB].shape[1] - 1  # the class token's row is not a patch
+    except KeyError as e:
+        raise CheckpointError(
+            f"the checkpoint has no {e.args[0]}: it is not a ViT checkpoint"
+        ) from None
+    grid = int(round(np.sqrt(positions)))
+    if grid * grid != positions:
+        raise CheckpointError(f"position embedding with {positions} patch positions is not square")
+    layers = {k.split("/")[1] for k in flat if k.startswith("Transformer/encoderblock_")}
+    representation = flat.get("pre_logits/kernel")
+    return ViTConfig(
+        patch_size=patch,
+        hidden_size=int(query.shape[0]),
+        num_layers=len(layers),
+        num_heads=int(query.shape[1]),
+        mlp_dim=int(mlp.shape[1]),
+        image_size=grid * patch,
+        representation_size=None if representation is None else int(representation.shape[1]),
+    )
+
+
+def vit_extractor(
+    checkpoint: str | os.PathLike, *, feature: str = "pre_logits"
+) -> FeatureExtractor:
+    """A ViT checkpoint's own feature space (its `pre_logits` features by default).
+
+    The architecture is read from the file, so any google-research layout loads (the ImageNet-21k
+    ViT-B/16, augreg files, or the demo's tiny ViT); images are read at the checkpoint's resolution.
+
+    Args:
+      checkpoint: a ViT `.npz` checkpoint.
+      feature: the model output to use (`pre_logits`: the features the head reads).
+
+    Returns:
+      An extractor named `vit-<file stem>-<fingerprint>` (plus `-<feature>` for other outputs).
+
+    Raises:
+      CheckpointError: a missing or unreadable file, or one that is not a ViT checkpoint.
+    """
+    flat, _ = to_canonical(read_npz(checkpoint))
+    config = vit_config_from_checkpoint(flat)
+    model = create_model(config, None)
+    # The config comes from the file, so its leaves fit by construction; checking them against the
+    # traced shapes avoids compiling an initialiser just to overwrite its output (the head, absent
+    # from a feature extractor, is the only thing left out).
+    shapes = paths.flatten(param_shapes(model))
+    misfit = [k for k, s in shapes.items() if k not in flat or flat[k].shape != s.shape]
+    if misfit:
+        raise CheckpointError(
+            f"{os.fspath(checkpoint)} does not hold a consistent ViT ({describe(flat)}): missing or "
+            f"mis-shaped {', '.join(misfit[:5])}"
+        )
+    params = paths.unflatten({k: np.asarray(flat[k], s.dtype) for k, s in shapes.items()})
+    dim = config.representation_size or config.hidden_size
+    stem = os.path.splitext(os.path.basename(os.fspath(checkpoint)))[0]
+    name = f"vit-{stem}-{file_fingerprint(checkpoint)}"
+    if feature != "pre_logits":  # another output is another feature space
+        name += f"-{feature}"
+    return FeatureExtractor(
+        name, vit_features_fn(model, params, feature=feature), dim, config.image_size
+    )
+
+
+def add_extractor_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds `--features`, `--inception` and `--checkpoint` to a command line."""
+    parser.add_argument(
+        "--features",
+        choices=FEATURES,
+        default="inception",
+        help="feature space: inception (FID, needs --inception) or vit (a ViT checkpoint's "
+        "pre-logits features, needs --checkpoint; no Inception weights)",
+    )
+    parser.add_argument("--inception", help="FID Inception weights .npz (--features inception)")
+    parser.add_argument("--checkpoint", help="ViT checkpoint .npz (--features vit)")
+
+
+def extractor_from_args(args: argparse.Namespace) -> FeatureExtractor:
+    """The extractor `add_extractor_arguments`'s options name, or a one-line `UserError`."""
+    if args.features == "inception":
+        if not args.inception:
+            raise UserError(
+                f"--features inception needs --inception WEIGHTS.npz ({_CONVERT_HINT}); or use "
+                "--features vit --checkpoint VIT.npz"
+            )
+        return inception_extractor(args.inception)
+    if not args.checkpoint:
+        raise UserError("--features vit needs --checkpoint VIT.npz (a google-research ViT .npz)")
+    return vit_extractor(args.checkpoint)

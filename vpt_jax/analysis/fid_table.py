@@ -1,0 +1,128 @@
+"""FID tables: one row per dataset split with its distance to the reference, as CSV and text.
+
+The CSV (`CSV_FIELDS`) is what `python -m vpt_jax.analysis.distance --out fid.csv` writes and what
+the quadrant figure and the advisor read back.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+
+from vpt_jax.analysis.tasks import known_disparity, task_group
+from vpt_jax.errors import UserError
+
+CSV_FIELDS = (
+    "dataset",
+    "split",
+    "group",
+    "disparity",
+    "fid",
+    "num_images",
+    "features",
+    "reference",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetDistance:
+    """One row of an FID table: a dataset split's distance to the reference."""
+
+    dataset: str  # canonical name, e.g. vtab/cifar100
+    split: str
+    group: str  # natural / specialized / structured (VTAB, procedural); '' if unknown
+    disparity: str  # high / low from the group; '' if the name cannot tell
+    fid: float
+    num_images: int  # images the dataset's statistics came from
+    features: str  # the feature space's name
+    reference: str  # what the distance is measured to
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes a file through a temporary file beside it and an atomic rename."""
+    path = os.path.expanduser(os.fspath(path))
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_distances_csv(path: str | os.PathLike, rows: Sequence[DatasetDistance]) -> None:
+    """Writes an FID table as CSV (columns `CSV_FIELDS`), atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**dataclasses.asdict(row), "fid": repr(row.fid)})
+    atomic_write_bytes(path, text.getvalue().encode())
+
+
+def read_distances_csv(path: str | os.PathLike) -> list[DatasetDistance]:
+    """Reads an FID table written by `write_distances_csv` (only `dataset` and `fid` are required).
+
+    Raises:
+      UserError: a missing file, missing columns or a non-numeric FID.
+    """
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.isfile(path):
+        raise UserError(
+            f"FID table not found: {path}; write one with python -m vpt_jax.analysis.distance"
+        )
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"dataset", "fid"} - set(reader.fieldnames or ())
+        if missing:
+            raise UserError(
+                f"{path} has no {' and '.join(sorted(missing))} column; it is not an FID table"
+            )
+        rows = []
+        for line, record in enumerate(reader, start=2):
+            try:
+                fid = float(record["fid"])
+                num_images = int(record.get("num_images") or 0)
+            except (TypeError, ValueError):
+                raise UserError(
+                    f"{path} line {line}: fid {record['fid']!r} or num_images "
+                    f"{record.get('num_images')!r} is not a number; fix or rewrite the table"
+                ) from None
+            dataset = record["dataset"]
+            rows.append(
+                DatasetDistance(
+                    dataset=dataset,
+                    split=record.get("split") or "",
+                    group=record.get("group") or task_group(dataset),
+                    disparity=record.get("disparity") or known_disparity(dataset) or "",
+                    fid=fid,
+                    num_images=num_images,
+                    features=record.get("features") or "",
+                    reference=record.get("reference") or "",
+                )
+            )
+    return rows
+
+
+def format_distances(rows: Sequence[DatasetDistance]) -> str:
+    """An FID table as aligned text."""
+    header = ("dataset", "split", "group", "disparity", "FID", "images")
+    lines = [header] + [
+        (r.dataset, r.split, r.group or "-", r.disparity or "-", f"{r.fid:.2f}", str(r.num_images))
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
