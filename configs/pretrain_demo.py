@@ -3,10 +3,12 @@ r"""Pretrains the demo's tiny ViT on procedural data (the stand-in for ImageNet-
     python -m vpt_jax.main --config configs/pretrain_demo.py --workdir runs/pretrain_demo
     cp runs/pretrain_demo/checkpoint.npz vpt_jax/assets/vit_tiny_procedural.npz
 
-A ViT with patch 8, width 128, 4 blocks, 4 heads (about 0.8M parameters) learns the 40
-shape x texture classes of `procedural:pretrain` at 32x32 from scratch with AdamW. The final model is
-written in the google-research checkpoint layout (`checkpoint.npz`, with its 40-way head) and ships
-as `vpt_jax/assets/vit_tiny_procedural.npz`. On 2 CPU cores this takes about 20 minutes.
+A ViT with patch 8, width 128, 4 blocks, 4 heads (about 0.8M parameters) learns the 5 texture
+classes of `procedural:textures` (whole-image textures on varied colours) at 32x32 from scratch with
+AdamW. (The 40-class `procedural:pretrain` task is too hard for a ViT this small to start learning
+within a CPU budget: it stays at chance for thousands of steps.) The final model is written in the
+google-research checkpoint layout (`checkpoint.npz`, with its 5-way head) and ships as
+`vpt_jax/assets/vit_tiny_procedural.npz`. On 2 CPU cores this takes about 5 minutes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def get_config(arg: str | None = None):
     c.model.num_heads = 4
     c.model.mlp_dim = 512
     c.model.image_size = 32
-    c.data.dataset = "procedural:pretrain"
+    c.data.dataset = "procedural:textures"
     c.data.train_split = "train20000"
     c.data.eval_splits = ("test2000",)
     c.strategy.name = "full"
@@ -33,7 +35,7 @@ def get_config(arg: str | None = None):
     c.optimizer.weight_decay = 0.05
     c.optimizer.warmup_epochs = 1
     c.optimizer.scale_lr_by_batch = True
-    c.train.epochs = 12
+    c.train.epochs = 8
     c.train.batch_size = 64
     c.train.eval_batch_size = 500
     c.train.seed = 0

@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.kind = "run"  # run: one training run; study: a protocol of many runs (configs/study/*.py)
 
-    c.model = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict()  # the backbone
     c.model.variant = "B/16"  # Ti|S|B|L|H/8|14|16|32; "auto": widths from the checkpoint; "custom"
     c.model.patch_size = 16  # "custom" only: patch side in pixels
     c.model.hidden_size = 768  # "custom" only: token width
@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout_rate = 0.0  # backbone dropout (used only by strategies that train the backbone)
     c.model.attention_dropout_rate = 0.0  # dropout on attention weights (same rule)
 
-    c.data = ml_collections.ConfigDict()
+    c.data = ml_collections.ConfigDict()  # what is trained and evaluated on
     c.data.dataset = "vtab/cifar100"  # vtab/<task>, tfds:<name>, folder:<path> or procedural:<task>
     c.data.train_split = "train800val200"  # split trained on (VTAB-1k final runs: train800val200)
     c.data.eval_splits = ("test",)  # splits evaluated after every epoch (e.g. ("val200",))
@@ -50,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.seed = 0  # dataset seed (procedural data, image-folder hold-out, k-shot draws)
     c.data.shots = 0  # k examples per class of the train split and of val* eval splits; 0: all
 
-    c.strategy = ml_collections.ConfigDict()
+    c.strategy = ml_collections.ConfigDict()  # what trains (vpt_jax.tuning)
     c.strategy.name = "vpt_deep"  # one of vpt_jax.tuning.STRATEGIES, or "custom" (uses rules)
     c.strategy.num_prompts = 10  # prompt length p (vpt_shallow, vpt_deep, mixed, ft_then_pt)
     c.strategy.prompt_dropout = 0.0  # dropout on prompt tokens (VPT code: 0.1 for deep runs)
@@ -62,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.strategy.rules = ()  # "custom" only: ((regex, frozen|decay|no_decay), ...), first match wins
     c.strategy.backbone_dropout = False  # "custom" only: run the backbone's dropout while training
 
-    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer = ml_collections.ConfigDict()  # the optimizer of the (last) stage
     c.optimizer.name = ""  # sgd | adamw; "": the strategy's (AdamW for full, SGD otherwise)
     c.optimizer.lr = 0.25  # base learning rate (the study searches a grid; see configs/study)
     c.optimizer.scale_lr_by_batch = True  # use lr * batch_size / 256, as the VPT code does
@@ -81,7 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.ft_stage.weight_decay = 0.0001  # its weight decay
     c.ft_stage.warmup_epochs = 10  # its warmup
 
-    c.train = ml_collections.ConfigDict()
+    c.train = ml_collections.ConfigDict()  # the loop
     c.train.epochs = 100  # training epochs (ft_then_pt: of the prompt-tuning stage)
     c.train.batch_size = 64  # global batch size; must be divisible by the device count
     c.train.eval_batch_size = 256  # evaluation batch size (the last batch is padded and masked)

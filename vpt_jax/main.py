@@ -49,6 +49,7 @@ def _main(argv: list[str]) -> None:
         )
     setup_logging()
     _hide_accelerators_from_tensorflow()
+    _enable_compilation_cache()
     if config.get("distributed") and config.distributed.coordinator_address:
         import jax
 
@@ -67,6 +68,16 @@ def _main(argv: list[str]) -> None:
         run_study(config, workdir)
     else:
         raise UserError(f"config kind {config.kind!r} is not run or study")
+
+
+def _enable_compilation_cache() -> None:
+    # Runs of a study share most executables (seeds, evaluation); XLA's disk cache skips recompiles.
+    import jax
+
+    path = os.environ.get("VPT_JAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/vpt_jax/xla"))
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 def _hide_accelerators_from_tensorflow() -> None:

@@ -19,6 +19,7 @@ def get_config(arg: str | None = None):
     r.train.epochs = 2
     r.train.batch_size = 16
     r.train.eval_batch_size = 32
+    r.train.checkpoint_every_epochs = 2
     s = c.study
     s.datasets = ("procedural:location", "procedural:objects")
     s.strategies = ("full", "vpt_deep")

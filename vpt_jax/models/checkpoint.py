@@ -33,6 +33,9 @@ from vpt_jax import paths
 from vpt_jax.errors import UserError
 from vpt_jax.models.vit import SIZES, VisionTransformer, init_params
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("original", "linen", "big_vision")
@@ -177,6 +180,7 @@ def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) 
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared files
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(buffer.getvalue())

@@ -8,6 +8,9 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 CONFIG, METRICS, RESULT, ARTIFACT, CHECKPOINT = (
     "config.json",
     "metrics.jsonl",
@@ -22,6 +25,7 @@ def write_json(path: str, data: Any) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared files
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(jsonable(data), f, indent=2, sort_keys=True)
@@ -83,6 +87,7 @@ class MetricsLog:
 def write_jsonl(path: str, rows: list[Mapping[str, Any]]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".jsonl")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared files
     with os.fdopen(fd, "w") as f:
         for row in rows:
             f.write(json.dumps(dict(row), sort_keys=True) + "\n")

@@ -1,0 +1,208 @@
+"""Studies: the protocol end to end, selection and seed averaging by hand, kill/restart, two workers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_train import ROOT, TINY
+from vpt_jax.models.checkpoint import save_npz
+from vpt_jax.models.vit import VisionTransformer, init_params
+from vpt_jax.study import protocol
+from vpt_jax.study.protocol import RunSpec
+from vpt_jax.study.runner import run_study
+from vpt_jax.study.store import StudyStore
+
+sys.path.insert(0, os.path.join(ROOT, "tests", "configs"))
+import tiny_study
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "tiny.npz"
+    save_npz(path, init_params(VisionTransformer(TINY, None), 5))
+    return str(path)
+
+
+def _load(root, name):
+    with open(os.path.join(root, name)) as f:
+        return json.load(f)
+
+
+def small_study(base, **study_overrides):
+    c = tiny_study.get_config()
+    c.run.model.checkpoint = base
+    for key, value in study_overrides.items():
+        c.study[key] = value
+    return c
+
+
+def read_records(workdir):
+    out = []
+    for root, _, files in os.walk(os.path.join(workdir, "runs")):
+        if "study_run.json" in files:
+            out.append((_load(root, "study_run.json"), _load(root, "result.json")))
+    return out
+
+
+def test_tiny_study_selection_seed_averaging_and_report(tmp_path, base):
+    config = small_study(base)
+    summary = run_study(config, str(tmp_path))
+    recs = read_records(tmp_path)
+    search = [(s, r) for s, r in recs if s["phase"] == "search"]
+    final = [(s, r) for s, r in recs if s["phase"] == "final"]
+    assert len(search) == 2 * 2 * 4 and len(final) == 2 * 2 * 2
+    rows = {(r["dataset"], r["strategy"]): r for r in summary["rows"]}
+    with open(tmp_path / "report" / "results.csv") as f:
+        csv_rows = {(r["dataset"], r["strategy"]): r for r in csv.DictReader(f)}
+    markdown = (tmp_path / "report" / "results.md").read_text()
+    for dataset in config.study.datasets:
+        for strategy in config.study.strategies:
+            grid = [
+                (s, r) for s, r in search if s["dataset"] == dataset and s["strategy"] == strategy
+            ]
+            # By hand: best last-epoch val top-1, ties to the smaller lr, then smaller wd.
+            best = max(
+                grid,
+                key=lambda x: (x[1]["final"]["val16_top1"], -x[0]["lr"], -x[0]["weight_decay"]),
+            )
+            chosen = [s for s, _ in final if s["dataset"] == dataset and s["strategy"] == strategy]
+            assert {(s["lr"], s["weight_decay"]) for s in chosen} == {
+                (best[0]["lr"], best[0]["weight_decay"])
+            }
+            assert sorted(s["seed"] for s in chosen) == [1, 2]
+            tests = [
+                100 * r["final"]["test32_top1"]
+                for s, r in final
+                if s["dataset"] == dataset and s["strategy"] == strategy
+            ]
+            row = rows[(dataset, strategy)]
+            assert row["mean"] == pytest.approx(statistics.fmean(tests))
+            assert row["std"] == pytest.approx(statistics.stdev(tests))
+            assert float(csv_rows[(dataset, strategy)]["mean"]) == pytest.approx(row["mean"])
+            assert f"{row['mean']:.1f} ± {row['std']:.1f}" in markdown
+    assert "All runs finished." in markdown and "wins vs full" in markdown
+    for name in ("loss_curves.png", "wins.png"):
+        png = (tmp_path / "report" / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert set(results) == {"location", "objects"} and set(results["location"]) == {
+        "full",
+        "vpt_deep",
+    }
+
+
+def test_selection_rule_ties_go_to_the_smaller_lr():
+    def spec(lr, wd):
+        return RunSpec("search", "d", "vpt_deep", 0, 0, lr, wd, 0)
+
+    assert (
+        protocol.select([(spec(0.5, 0), 0.7), (spec(0.1, 0), 0.7), (spec(1.0, 0), 0.6)]).lr == 0.1
+    )
+    assert protocol.select([(spec(0.5, 0.01), 0.7), (spec(0.5, 0.0), 0.7)]).weight_decay == 0.0
+    nan = float("nan")
+    assert protocol.select([(spec(50, 0), nan), (spec(0.1, 0), 0.2)]).lr == 0.1
+
+
+def test_report_on_a_partial_study_says_what_is_missing(tmp_path, base):
+    config = small_study(base, datasets=("procedural:location",), strategies=("vpt_deep",))
+    config.study.grids.prompt.lrs = (0.5,)
+    config.study.grids.prompt.weight_decays = (0.0, 0.001)
+    store = StudyStore(str(tmp_path))
+    from vpt_jax.study.report import write_report
+    from vpt_jax.study.runner import _execute, check_study_dir
+
+    check_study_dir(str(tmp_path), config)
+    first = protocol.search_specs(config.study, {})[0]
+    assert store.try_claim(first)
+    _execute(config, store, first, done=0, total=2)
+    report = write_report(config, str(tmp_path))
+    assert report["missing"] == [protocol.search_specs(config.study, {})[1].run_id]
+    assert report["waiting"]  # the finals are unknown until the grid is complete
+    text = (tmp_path / "report" / "results.md").read_text()
+    assert "**Incomplete:** 1 known runs missing" in text
+
+
+def _study_cmd(workdir, base, *extra):
+    return [
+        sys.executable, "-m", "vpt_jax.main", "--config", "tests/configs/tiny_study.py",
+        f"--config.run.model.checkpoint={base}", f"--workdir={workdir}",
+        "--config.study.datasets=('procedural:location',)", "--config.study.strategies=('vpt_deep',)",
+        "--config.study.grids.prompt.lrs=(0.5,)", "--config.study.final.seeds=(1,)", *extra,
+    ]  # fmt: skip
+
+
+def _run_ids(workdir):
+    return sorted(spec["phase"] + str(sorted(spec.items())) for spec, _ in read_records(workdir))
+
+
+def _finals(workdir):
+    return {
+        (s["strategy"], s["seed"]): r["final"]["test32_top1"]
+        for s, r in read_records(workdir)
+        if s["phase"] == "final"
+    }
+
+
+def test_killed_study_restarts_without_redoing_and_two_workers_share_one(tmp_path, base):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    reference = subprocess.run(
+        _study_cmd(tmp_path / "ref", base), cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    # 2 grid runs (lr 0.5 x wd {0, 0.001}) and 1 final run. Kill the worker in its third run.
+    proc = subprocess.Popen(
+        _study_cmd(tmp_path / "killed", base), cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    started = 0
+    for line in proc.stdout:
+        started += "known runs done]" in line
+        if started == 3 and " epoch 1/" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done_before = {
+        s["phase"] + str(sorted(s.items())) for s, _ in read_records_done(tmp_path / "killed")
+    }
+    assert len(done_before) == 2
+    restarted = subprocess.run(
+        _study_cmd(tmp_path / "killed", base), cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    assert restarted.stdout.count("known runs done]") == 1  # nothing finished is redone
+    assert _run_ids(tmp_path / "killed") == _run_ids(tmp_path / "ref")
+    assert _finals(tmp_path / "killed") == pytest.approx(_finals(tmp_path / "ref"), rel=1e-6)
+
+    # Two workers on one directory: every run done exactly once.
+    workers = [
+        subprocess.Popen(
+            _study_cmd(tmp_path / "shared", base),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [w.communicate()[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers)
+    assert sum(out.count("known runs done]") for out in outputs) == 3
+    assert all(out.count("known runs done]") >= 1 for out in outputs)
+    assert _run_ids(tmp_path / "shared") == _run_ids(tmp_path / "ref")
+
+
+def read_records_done(workdir):
+    out = []
+    for root, _, files in os.walk(os.path.join(workdir, "runs")):
+        if "study_run.json" in files and "result.json" in files:
+            out.append((_load(root, "study_run.json"), None))
+    return out

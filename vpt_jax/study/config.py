@@ -1,0 +1,94 @@
+"""The study section of a config: what to run (datasets x strategies x sizes) and the protocol.
+
+Study configs (`configs/study/*.py`) start from `study_config()`; `config.run` is the template every
+run starts from (see `vpt_jax.config.base_config`), `config.study` the protocol.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vpt_jax.config import base_config
+
+# The paper's grids. Prompt tuning (SGD): lr x wd as in VPT; finetuning (AdamW): VPT's FT lr grid
+# with the weight decays the study searched.
+PROMPT_LRS = (50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05)
+PROMPT_WDS = (0.01, 0.001, 0.0001, 0.0)
+FINETUNE_LRS = (0.005, 0.001, 0.0005, 0.0001)
+FINETUNE_WDS = (0.01, 0.001, 0.0001, 0.0)
+PAPER_SEEDS = (42, 44, 82, 100, 800)
+
+
+def study_config() -> ml_collections.ConfigDict:
+    """Every field of a study, with the paper's protocol as defaults."""
+    c = ml_collections.ConfigDict()
+    c.kind = "study"  # run by the same entry point as single runs
+    c.run = base_config()  # the template of every run (model, data options, epochs, batch, ...)
+    c.run.data.eval_splits = ("test",)  # (set per run by the protocol)
+
+    s = c.study = ml_collections.ConfigDict()
+    s.datasets = ("vtab/cifar100",)  # vtab/<task>, procedural:<task>, tfds:..., folder:...
+    s.strategies = ("full", "vpt_deep")  # strategies compared (vpt_jax.tuning.STRATEGIES)
+    s.num_prompts = 0  # prompt length; 0: the per-task lengths of the paper (VTAB), else 10
+    s.train_sizes = ()  # data scaling: training sizes (train:val = 4:1); (): the VTAB-1k splits
+    s.shots = 0  # k-shot study: k examples per class in train and val; 0: all
+
+    s.search = ml_collections.ConfigDict()  # phase 1: the grid, scored on validation
+    s.search.train_split = "train800"  # trained on
+    s.search.eval_split = "val200"  # scored on at the last epoch
+    s.search.seed = 42  # the seed of every grid run
+
+    s.final = ml_collections.ConfigDict()  # phase 2: the selected setting with several seeds
+    s.final.train_split = "train800val200"  # trained on
+    s.final.eval_split = "test"  # reported: mean and std over seeds of last-epoch top-1
+    s.final.seeds = PAPER_SEEDS  # seeds of the final runs
+
+    s.grids = ml_collections.ConfigDict()  # lr x wd grids, picked by the strategy's optimizer
+    s.grids.prompt = ml_collections.ConfigDict()  # SGD strategies (VPT, linear, mixed, ...)
+    s.grids.prompt.lrs = PROMPT_LRS  # base learning rates (scaled by batch/256 in the runs)
+    s.grids.prompt.weight_decays = PROMPT_WDS  # weight decays
+    s.grids.finetune = ml_collections.ConfigDict()  # AdamW strategies (full)
+    s.grids.finetune.lrs = FINETUNE_LRS  # base learning rates
+    s.grids.finetune.weight_decays = FINETUNE_WDS  # weight decays
+
+    s.claim_timeout_s = 600.0  # a claim not refreshed for this long belongs to a dead worker
+    s.poll_interval_s = 2.0  # how often a worker with nothing to claim looks again
+    s.ft_strategy = "full"  # the baseline that "wins" are counted against
+    s.vpt_strategy = "vpt_deep"  # the prompt-tuning method of the FT-vs-VPT comparisons
+    return c
+
+
+def vtab_datasets(names: str | None) -> tuple[str, ...]:
+    """`cifar100+dtd` -> ("vtab/cifar100", "vtab/dtd"); None or "all": the 19 VTAB-1k tasks."""
+    from vpt_jax.data.vtab import ALIASES, VTAB_TASKS
+
+    if not names or names == "all":
+        return tuple(f"vtab/{t}" for t in VTAB_TASKS)
+    return tuple(f"vtab/{ALIASES.get(n, n)}" for n in names.split("+"))
+
+
+def apply_args(c: ml_collections.ConfigDict, arg: str | None, allowed: tuple[str, ...]) -> None:
+    """Applies a config-file argument such as `tasks=cifar100+dtd,strategies=full+vpt_deep,seeds=42`.
+
+    Keys: tasks (VTAB task names joined by +, or all), strategies, seeds, sizes (data scaling),
+    shots, epochs. Unknown keys raise, listing the allowed ones.
+    """
+    for item in (arg or "").split(","):
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        if key not in allowed or not value:
+            raise ValueError(f"config argument {item!r}: use key=value with key in {allowed}")
+        values = value.split("+")
+        if key == "tasks":
+            c.study.datasets = vtab_datasets(value)
+        elif key == "strategies":
+            c.study.strategies = tuple(values)
+        elif key == "seeds":
+            c.study.final.seeds = tuple(int(v) for v in values)
+        elif key == "sizes":
+            c.study.train_sizes = tuple(int(v) for v in values)
+        elif key == "shots":
+            c.study.shots = int(value)
+        elif key == "epochs":
+            c.run.train.epochs = int(value)

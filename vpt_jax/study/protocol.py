@@ -1,0 +1,180 @@
+"""The paper's protocol as data: which runs a study consists of, and how settings are selected.
+
+For every dataset x strategy (x training size), a grid of learning rate x weight decay is trained on
+the search split and scored on the validation split at the last epoch; the best setting (ties go to
+the smaller learning rate, then the smaller weight decay) is retrained with several seeds on the final
+split and scored on the test split. FT-then-PT's first stage uses FT's selected setting.
+
+Runs are described by `RunSpec`s; a study's runs depend on earlier results only through `select`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+from vpt_jax.errors import UserError
+from vpt_jax.tuning.strategies import STRATEGIES, get_strategy
+
+SEARCH, FINAL = "search", "final"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run of a study. Its record (`study_run.json`) holds these fields."""
+
+    phase: str  # search | final
+    dataset: str  # e.g. vtab/cifar100 or procedural:count
+    strategy: str  # a strategy name
+    size: int  # training-set size of a data-scaling point; 0: the standard splits
+    shots: int  # examples per class (one-shot studies); 0: all
+    lr: float
+    weight_decay: float
+    seed: int
+    ft_lr: float = 0.0  # ft_then_pt only: the first stage's (FT's selected) learning rate
+    ft_weight_decay: float = 0.0  # and weight decay
+
+    @property
+    def group(self) -> tuple[str, str, int, int]:
+        """The (dataset, strategy, size, shots) whose grid and seeds belong together."""
+        return (self.dataset, self.strategy, self.size, self.shots)
+
+    @property
+    def run_id(self) -> str:
+        """A unique, readable directory name (records never parse it back)."""
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.dataset).strip("-")
+        point = f"n{self.size}" if self.size else "vtab1k"
+        if self.shots:
+            point += f"-{self.shots}shot"
+        tag = f"lr{self.lr:g}_wd{self.weight_decay:g}_s{self.seed}"
+        if self.ft_lr:
+            tag += f"_ft{self.ft_lr:g}-{self.ft_weight_decay:g}"
+        return f"{self.phase}/{slug}/{self.strategy}/{point}/{tag}"
+
+
+def grid_for(
+    study: ml_collections.ConfigDict, strategy: str
+) -> tuple[Sequence[float], Sequence[float]]:
+    """(learning rates, weight decays) searched for a strategy: by its optimizer (AdamW: FT grid)."""
+    optimizer = get_strategy(strategy, num_prompts=1).optimizer
+    grid = study.grids.finetune if optimizer == "adamw" else study.grids.prompt
+    return tuple(grid.lrs), tuple(grid.weight_decays)
+
+
+def points(study: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+    """(size, shots) points: standard VTAB-1k, data-scaling sizes, or k-shot."""
+    sizes = tuple(study.train_sizes) or (0,)
+    shots = (study.shots,) if study.shots else (0,)
+    return list(itertools.product(sizes, shots))
+
+
+def check_study(study: ml_collections.ConfigDict) -> None:
+    """One-line errors for a study config, before any run starts."""
+    if not study.datasets:
+        raise UserError("study.datasets is empty; name at least one dataset (e.g. vtab/cifar100)")
+    unknown = [s for s in study.strategies if s not in STRATEGIES]
+    if unknown or not study.strategies:
+        raise UserError(f"unknown study strategies {unknown}; use some of: {', '.join(STRATEGIES)}")
+    if not study.final.seeds:
+        raise UserError("study.final.seeds is empty; the protocol averages over seeds")
+    for name in ("prompt", "finetune"):
+        grid = study.grids[name]
+        if not grid.lrs or not grid.weight_decays:
+            raise UserError(f"study.grids.{name} needs at least one lr and one weight decay")
+        if any(lr <= 0 for lr in grid.lrs) or any(wd < 0 for wd in grid.weight_decays):
+            raise UserError(
+                f"study.grids.{name}: learning rates must be > 0 and weight decays >= 0"
+            )
+    if any(n <= 0 or n % 4 for n in study.train_sizes):
+        raise UserError(f"study.train_sizes must be positive multiples of 4: {study.train_sizes}")
+
+
+def search_specs(
+    study: ml_collections.ConfigDict, ft_choice: Mapping | None = None
+) -> list[RunSpec]:
+    """Every grid run. `ft_choice` maps (dataset, size, shots) to FT's selected (lr, wd)."""
+    specs = []
+    for dataset, strategy, (size, shots) in itertools.product(
+        study.datasets, study.strategies, points(study)
+    ):
+        lrs, wds = grid_for(study, strategy)
+        ft = _ft_stage(strategy, dataset, size, shots, ft_choice)
+        if ft is None:
+            continue  # waits for FT's selection
+        for lr, wd in itertools.product(lrs, wds):
+            specs.append(
+                RunSpec(SEARCH, dataset, strategy, size, shots, lr, wd, study.search.seed, *ft)
+            )
+    return specs
+
+
+def _ft_stage(strategy, dataset, size, shots, ft_choice) -> tuple[float, float] | None:
+    if strategy != "ft_then_pt":
+        return (0.0, 0.0)
+    if ft_choice is None:
+        return None
+    return ft_choice.get((dataset, size, shots))
+
+
+def select(results: Sequence[tuple[RunSpec, float]]) -> RunSpec | None:
+    """The selected setting of one group: best validation top-1; ties: smaller lr, then smaller wd.
+
+    Runs that diverged or failed carry `nan` and are never selected unless all failed.
+    """
+    scored = [(spec, -1.0 if math.isnan(score) else score) for spec, score in results]
+    if not scored:
+        return None
+    return min(scored, key=lambda x: (-x[1], x[0].lr, x[0].weight_decay))[0]
+
+
+def final_specs(study: ml_collections.ConfigDict, selected: RunSpec) -> list[RunSpec]:
+    """The seeded final runs of a selected setting."""
+    return [
+        dataclasses.replace(selected, phase=FINAL, seed=int(seed)) for seed in study.final.seeds
+    ]
+
+
+def run_config(study_config: ml_collections.ConfigDict, spec: RunSpec) -> ml_collections.ConfigDict:
+    """The run config of one spec: the study's `run` template with the spec's settings."""
+    from vpt_jax.data import scaling_splits
+    from vpt_jax.tuning.budget import PAPER_PROMPT_LENGTHS
+
+    study = study_config.study
+    c = ml_collections.ConfigDict(study_config.run.to_dict())
+    c.data.dataset = spec.dataset
+    phase = study.search if spec.phase == SEARCH else study.final
+    train_split, eval_split = phase.train_split, phase.eval_split
+    if spec.size:
+        task = _vtab_task(spec.dataset)
+        splits = scaling_splits(spec.size, task)
+        train_split = splits.train if spec.phase == SEARCH else splits.trainval
+        eval_split = splits.val if spec.phase == SEARCH else phase.eval_split
+    c.data.train_split = train_split
+    c.data.eval_splits = (eval_split,)
+    c.data.shots = spec.shots
+    c.strategy.name = spec.strategy
+    task_name = spec.dataset.split("/", 1)[1] if spec.dataset.startswith("vtab/") else None
+    # 0: the per-task lengths the paper's numbers imply (VTAB), 10 for other data.
+    prompts: Any = study.num_prompts or PAPER_PROMPT_LENGTHS.get(task_name, 10)
+    c.strategy.num_prompts = int(prompts)
+    c.optimizer.lr = spec.lr
+    c.optimizer.weight_decay = spec.weight_decay
+    if spec.ft_lr:
+        c.ft_stage.lr = spec.ft_lr
+        c.ft_stage.weight_decay = spec.ft_weight_decay
+    c.train.seed = spec.seed
+    return c
+
+
+def _vtab_task(dataset: str):
+    if not dataset.startswith("vtab/"):
+        return None  # procedural / other data: no table to check the size against
+    from vpt_jax.data import get_task
+
+    return get_task(dataset.split("/", 1)[1])

@@ -1,0 +1,268 @@
+"""Study reports from the records alone: tables in the paper's layout, CSV, JSON and figures.
+
+    python -m vpt_jax.study.report --workdir runs/study      # also written when a study finishes
+
+Works on a partially finished study: what is done is reported, what is missing is listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+import os
+import statistics
+import sys
+from collections import defaultdict
+from typing import Any
+
+import ml_collections
+
+from vpt_jax.study import protocol
+from vpt_jax.study.store import StudyStore
+from vpt_jax.train import records
+
+log = logging.getLogger("vpt_jax")
+GROUP_ORDER = ("natural", "specialized", "structured", "other")
+
+
+def dataset_group(dataset: str) -> str:
+    """natural / specialized / structured (VTAB's groups; procedural tasks by their analogue)."""
+    if dataset.startswith("vtab/"):
+        from vpt_jax.data import get_task
+
+        return get_task(dataset.split("/", 1)[1]).group
+    if dataset.startswith("procedural:"):
+        from vpt_jax.data import get_procedural_task
+
+        group = get_procedural_task(dataset.split(":", 1)[1]).group
+        return group if group in GROUP_ORDER else "other"
+    return "other"
+
+
+def short_name(dataset: str) -> str:
+    return dataset.split("/", 1)[1] if dataset.startswith("vtab/") else dataset.split(":", 1)[-1]
+
+
+def collect(config: ml_collections.ConfigDict, store: StudyStore) -> dict[str, Any]:
+    """Final results per (dataset, strategy, size, shots): seeds' test top-1, budget, setting."""
+    finals: dict[tuple, dict[str, Any]] = defaultdict(lambda: {"scores": [], "runs": []})
+    eval_split = config.study.final.eval_split
+    for spec, result, path in store.records():
+        if spec.phase != protocol.FINAL or result is None:
+            continue
+        entry = finals[spec.group]
+        entry["spec"] = spec
+        if result.get("status") == "diverged":
+            entry["scores"].append(math.nan)
+            continue
+        entry["scores"].append(100.0 * result["final"][f"{eval_split}_top1"])
+        entry["tuned_percent"] = result["tuned_percent"]
+        entry["runs"].append(path)
+    return finals
+
+
+def summarise(finals: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per group: mean and std (over seeds, sample std) of test top-1 in percent."""
+    rows = []
+    for (dataset, strategy, size, shots), entry in sorted(finals.items()):
+        scores = [s for s in entry["scores"] if not math.isnan(s)]
+        spec = entry["spec"]
+        rows.append(
+            {
+                "dataset": dataset,
+                "task": short_name(dataset),
+                "group": dataset_group(dataset),
+                "strategy": strategy,
+                "size": size,
+                "shots": shots,
+                "seeds": len(entry["scores"]),
+                "diverged": len(entry["scores"]) - len(scores),
+                "mean": statistics.fmean(scores) if scores else math.nan,
+                "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                "lr": spec.lr,
+                "weight_decay": spec.weight_decay,
+                "tuned_percent": entry.get("tuned_percent", math.nan),
+            }
+        )
+    return rows
+
+
+def paper_table(rows: list[dict[str, Any]], ft: str) -> str:
+    """Markdown in the paper's layout: tasks by group, group means, wins against FT, tuned/total."""
+    out = []
+    for (size, shots), point_rows in _by_point(rows).items():
+        title = "VTAB-1k splits" if not size else f"training size {size}"
+        if shots:
+            title += f", {shots}-shot"
+        tasks = sorted({(r["group"], r["task"]) for r in point_rows}, key=_group_key)
+        strategies = list(dict.fromkeys(r["strategy"] for r in point_rows))
+        cell = {(r["strategy"], r["task"]): r for r in point_rows}
+        groups = [g for g in GROUP_ORDER if any(t[0] == g for t in tasks)]
+        header = (
+            [t for _, t in tasks]
+            + [f"{g} mean" for g in groups]
+            + ["mean", f"wins vs {ft}", "tuned/total %"]
+        )
+        out.append(f"### {title}\n")
+        out.append("| strategy | " + " | ".join(header) + " |")
+        out.append("|---" * (len(header) + 1) + "|")
+        for strategy in strategies:
+            values = []
+            for _, task in tasks:
+                r = cell.get((strategy, task))
+                values.append(f"{r['mean']:.1f} ± {r['std']:.1f}" if r else "—")
+            for g in groups:
+                values.append(
+                    _fmt(
+                        _mean(
+                            [
+                                cell[(strategy, t)]["mean"]
+                                for gg, t in tasks
+                                if gg == g and (strategy, t) in cell
+                            ]
+                        )
+                    )
+                )
+            values.append(
+                _fmt(
+                    _mean([cell[(strategy, t)]["mean"] for _, t in tasks if (strategy, t) in cell])
+                )
+            )
+            wins = [
+                cell[(strategy, t)]["mean"] > cell[(ft, t)]["mean"]
+                for _, t in tasks
+                if (strategy, t) in cell and (ft, t) in cell
+            ]
+            values.append("—" if strategy == ft else f"{sum(wins)}/{len(wins)}")
+            values.append(
+                _fmt(
+                    _mean(
+                        [
+                            cell[(strategy, t)]["tuned_percent"]
+                            for _, t in tasks
+                            if (strategy, t) in cell
+                        ]
+                    ),
+                    3,
+                )
+            )
+            out.append(f"| {strategy} | " + " | ".join(values) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _by_point(rows):
+    points: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        points[(r["size"], r["shots"])].append(r)
+    return dict(sorted(points.items()))
+
+
+def _group_key(item):
+    group, task = item
+    return (GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER), task)
+
+
+def _mean(values):
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(values) if values else math.nan
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "—" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    fields = list(rows[0]) if rows else ["dataset"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def missing_runs(config: ml_collections.ConfigDict, store: StudyStore) -> tuple[list[str], bool]:
+    """Run ids not finished yet, and whether further runs (finals) still depend on them."""
+    from vpt_jax.study.runner import plan
+
+    specs, waiting = plan(config, store)
+    return [s.run_id for s in specs if not store.done(s)], waiting
+
+
+def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Writes report/{results.md, results.csv, results.json, *.png}; returns the summary rows."""
+    from vpt_jax.study import figures
+
+    store = StudyStore(workdir, config.study.claim_timeout_s)
+    finals = collect(config, store)
+    rows = summarise(finals)
+    missing, waiting = missing_runs(config, store)
+    out_dir = os.path.join(workdir, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    ft = config.study.ft_strategy
+    lines = [
+        "# Study report",
+        "",
+        f"Test top-1 (%) of the selected setting, mean ± std over seeds; "
+        f"wins: tasks where the strategy's mean beats {ft}.",
+        "",
+        paper_table(rows, ft),
+    ]
+    if missing or waiting:
+        lines += (
+            [
+                f"**Incomplete:** {len(missing)} known runs missing"
+                + (
+                    " (and final runs not yet known: their grid searches are unfinished)"
+                    if waiting
+                    else ""
+                )
+                + ":",
+                "",
+            ]
+            + [f"- {m}" for m in missing[:50]]
+            + (["- ..."] if len(missing) > 50 else [])
+        )
+    else:
+        lines.append("All runs finished.")
+    figures_written = figures.write_figures(config, store, rows, finals, out_dir)
+    lines += ["", "Figures: " + ", ".join(os.path.basename(f) for f in figures_written)]
+    _write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
+    _write_text(os.path.join(out_dir, "results.csv"), to_csv(rows))
+    standard = {r["task"]: {} for r in rows if not r["size"] and not r["shots"]}
+    for r in rows:
+        if not r["size"] and not r["shots"]:
+            standard[r["task"]][r["strategy"]] = r["mean"]
+    records.write_json(os.path.join(out_dir, "results.json"), standard)
+    log.info("report written to %s (%d results, %d runs missing)", out_dir, len(rows), len(missing))
+    return {"rows": rows, "missing": missing, "waiting": waiting, "figures": figures_written}
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write a study's report from its records.")
+    parser.add_argument("--workdir", required=True, help="the study's directory")
+    args = parser.parse_args(argv)
+    path = os.path.join(args.workdir, "study.json")
+    if not os.path.exists(path):
+        print(f"error: {args.workdir} is not a study directory (no study.json)", file=sys.stderr)
+        sys.exit(2)
+    config = ml_collections.ConfigDict(records.read_json(path))
+    result = write_report(config, args.workdir)
+    with open(os.path.join(args.workdir, "report", "results.md")) as f:
+        print(f.read())
+    if result["missing"]:
+        print(f"{len(result['missing'])} runs missing")
+
+
+if __name__ == "__main__":
+    main()
