@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import zipfile
 
 import jax
@@ -215,3 +216,6 @@ def test_save_is_atomic_and_never_leaves_partial_files(tmp_path, tiny_config):
         save_npz(target, {"cls": Boom()})
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import glob
-import inspect
 import importlib.util
+import inspect
 import os
 import re
 

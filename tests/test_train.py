@@ -20,6 +20,9 @@ from vpt_jax.train import loop, records
 from vpt_jax.tuning.artifact import load_artifact
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "configs"))
+import tiny as tiny_cli_config  # noqa: E402
+
 TINY = ViTConfig(patch_size=4, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64, image_size=16)
 
 
@@ -37,20 +40,9 @@ def _normal(key, shape, dtype=jnp.float32):
 
 
 def tiny_config(checkpoint: str, **overrides):
-    c = config_lib.base_config()
-    c.model.variant = "auto"
+    """tests/configs/tiny.py (what the CLI tests run) with a checkpoint and `section.field` overrides."""
+    c = tiny_cli_config.get_config()
     c.model.checkpoint = checkpoint
-    c.model.image_size = 16
-    c.data.dataset = "procedural:location"
-    c.data.train_split = "train64"
-    c.data.eval_splits = ("val24", "test40")
-    c.strategy.name = "vpt_deep"
-    c.strategy.num_prompts = 2
-    c.optimizer.lr = 0.5
-    c.optimizer.warmup_epochs = 1
-    c.train.epochs = 2
-    c.train.batch_size = 16
-    c.train.eval_batch_size = 16
     for key, value in overrides.items():
         section, field = key.split(".")
         c[section][field] = value

@@ -1,7 +1,9 @@
-"""Analysis: feature extractors and statistics, Fréchet distances (FID), and later attribution.
+"""Analysis: Fréchet distance between datasets, the VPT-or-FT quadrants and advisor, attribution.
 
-* `features`: extractors `features_fn(images) -> (B, D)` (FID Inception-v3, a ViT's own features)
-  and batched extraction at a fixed batch shape.
-* `statistics`: mean/covariance of a dataset's features, cached as `.npz` (`mu`, `sigma`).
-* `frechet`: the Fréchet distance between two statistics.
+* `features`, `statistics`, `frechet`: Inception-v3 (or ViT) features, their mean and covariance,
+  and the Fréchet distance between two statistics.
+* `extractors`, `distance`, `fid_table`, `tasks`: each dataset's distance to the pretraining data.
+* `quadrants`, `advisor`: the task-disparity x FID quadrants and the recommendation they imply.
+* `attribution`, `attribution_paths`, `attribution_plots`, `attribution_figures`: Integrated
+  Gradients and GradCAM, and the FT-vs-VPT comparison figures.
 """

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
+from vpt_jax import atomic
 from vpt_jax.analysis import attribution
 from vpt_jax.analysis.features import check_images
 from vpt_jax.data.preprocess import check_normalization, normalize
@@ -371,15 +371,4 @@ def check_found(
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Writes `data` to a temporary file beside `path`, then renames it over `path`."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic.write_bytes(path, data)

@@ -10,9 +10,9 @@ import csv
 import dataclasses
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 
+from vpt_jax import atomic
 from vpt_jax.analysis.tasks import known_disparity, task_group
 from vpt_jax.errors import UserError
 
@@ -44,21 +44,7 @@ class DatasetDistance:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes a file through a temporary file beside it and an atomic rename."""
-    path = os.path.expanduser(os.fspath(path))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic.write_bytes(path, data)
 
 
 def write_distances_csv(path: str | os.PathLike, rows: Sequence[DatasetDistance]) -> None:

@@ -20,7 +20,6 @@ import io
 import logging
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,12 +28,9 @@ import jax
 import numpy as np
 import scipy.ndimage
 
-from vpt_jax import paths
+from vpt_jax import atomic, paths
 from vpt_jax.errors import UserError
 from vpt_jax.models.vit import SIZES, VisionTransformer, init_params
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 log = logging.getLogger(__name__)
 
@@ -173,24 +169,10 @@ def save_npz(
 
 
 def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
-    """`np.savez` to a temporary file beside `path`, then an atomic rename over it."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    """`np.savez` of `arrays`, written atomically to `path`."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared files
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def resize_posemb(posemb: np.ndarray, grid: tuple[int, int]) -> np.ndarray:

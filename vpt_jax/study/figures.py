@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections import defaultdict
@@ -20,14 +21,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from vpt_jax import atomic
 from vpt_jax.train import records
 
 
 def _save(fig, path: str) -> str:
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic.write_bytes(path, buffer.getvalue())
     return path
 
 

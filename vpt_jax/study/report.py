@@ -20,6 +20,7 @@ from typing import Any
 
 import ml_collections
 
+from vpt_jax import atomic
 from vpt_jax.study import protocol
 from vpt_jax.study.store import StudyStore
 from vpt_jax.train import records
@@ -230,8 +231,8 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
         lines.append("All runs finished.")
     figures_written = figures.write_figures(config, store, rows, finals, out_dir)
     lines += ["", "Figures: " + ", ".join(os.path.basename(f) for f in figures_written)]
-    _write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
-    _write_text(os.path.join(out_dir, "results.csv"), to_csv(rows))
+    atomic.write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
+    atomic.write_text(os.path.join(out_dir, "results.csv"), to_csv(rows))
     standard = {r["task"]: {} for r in rows if not r["size"] and not r["shots"]}
     for r in rows:
         if not r["size"] and not r["shots"]:
@@ -239,13 +240,6 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     records.write_json(os.path.join(out_dir, "results.json"), standard)
     log.info("report written to %s (%d results, %d runs missing)", out_dir, len(rows), len(missing))
     return {"rows": rows, "missing": missing, "waiting": waiting, "figures": figures_written}
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+from vpt_jax import atomic
 
 CONFIG, METRICS, RESULT, ARTIFACT, CHECKPOINT = (
     "config.json",
@@ -22,21 +20,7 @@ CONFIG, METRICS, RESULT, ARTIFACT, CHECKPOINT = (
 
 def write_json(path: str, data: Any) -> None:
     """Writes JSON atomically: a reader sees the old file or the complete new one, never a part."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared files
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(jsonable(data), f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic.write_json(path, jsonable(data))
 
 
 def jsonable(data: Any) -> Any:
@@ -85,10 +69,4 @@ class MetricsLog:
 
 
 def write_jsonl(path: str, rows: list[Mapping[str, Any]]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".jsonl")
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared files
-    with os.fdopen(fd, "w") as f:
-        for row in rows:
-            f.write(json.dumps(dict(row), sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(json.dumps(dict(row), sort_keys=True) + "\n" for row in rows))
