@@ -54,7 +54,7 @@ def get_config(arg: str | None = None):
     if arg == "tiny":
         r.train.epochs = 2
         r.train.checkpoint_every_epochs = 2
-        s.datasets = ("procedural:objects", "procedural:count")
+        s.datasets = ("procedural:count",)
         s.strategies = ("full", "vpt_deep")
         s.search.train_split, s.search.eval_split = "train32", "val16"
         s.final.train_split, s.final.eval_split = "train32val16", "test32"

@@ -17,7 +17,7 @@ def test_readme_python_block_runs(index, tmp_path, monkeypatch, capsys):
     code = BLOCKS[index].replace("/tmp/", f"{tmp_path}/")
     exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "__readme__"})
     printed = capsys.readouterr().out
-    for expected in re.findall(r"print\(.*\)\s+# (.*)", BLOCKS[index]):
+    for expected in re.findall(r"print\(.*\)[ \t]+# (.*)", BLOCKS[index]):
         assert expected.strip() in printed.replace("\n", " ")
 
 
