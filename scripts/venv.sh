@@ -13,6 +13,7 @@ if ! .venv/bin/python -m pip install --upgrade pip -e "$spec" >.venv/install.log
   echo "error: installing vpt_jax$([ -n "${1:-}" ] && echo "[$1]") failed; the log is .venv/install.log" >&2
   exit 1
 fi
-# XLA:CPU allocates large temporaries per step; huge pages cut their page-fault cost (see benchmarks/).
-export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
+# XLA:CPU allocates large temporaries per step; with glibc's defaults every step page-faults them
+# afresh. The settings of vpt_jax/runtime.py (ALLOCATOR_TUNABLES) keep one heap instead.
+export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3}

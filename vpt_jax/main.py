@@ -17,6 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vpt_jax.errors import UserError
+from vpt_jax.runtime import use_fast_allocator
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -95,6 +96,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console entry point (`vpt-jax`)."""
+    use_fast_allocator()  # re-executes under the allocator settings XLA:CPU needs (runtime.py)
     app.run(main)
 
 

@@ -253,4 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from vpt_jax.runtime import use_fast_allocator
+
+    use_fast_allocator()  # before JAX starts: see vpt_jax/runtime.py
     main()
