@@ -154,11 +154,13 @@ class MultiHeadDotProductAttention(nn.Module):
         if compute.fused_attention and (deterministic or not self.dropout_rate):
             attended = attention(query, key, value)
         else:
-            query = query / jnp.sqrt(head_dim).astype(query.dtype)
-            logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)
+            # Heads-major operands, (B, H, T, d) @ (B, H, d, T): XLA:CPU runs these batched dots
+            # ~1.5x faster (forward and backward) than einsums with the heads axis inside.
+            query = (query / jnp.sqrt(head_dim).astype(query.dtype)).transpose(0, 2, 1, 3)
+            logits = query @ key.transpose(0, 2, 3, 1)
             weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
             weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-            attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+            attended = (weights @ value.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
         return nn.DenseGeneral(
             features,
             axis=(-2, -1),
