@@ -84,7 +84,8 @@ def _bf16_matmul_fwd(x: Array, w: Array) -> tuple[Array, tuple[Array, Array]]:
 def _bf16_matmul_bwd(residuals: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
     xb, wb = residuals
     gb = g.astype(jnp.bfloat16)
-    dx = _bf16_dot(gb, _physical_transpose(wb))  # (M, N) @ (N, K)
+    # (M, N) x (K, N) -> (M, K): contracting both minor dims is a fast dot as it stands.
+    dx = lax.dot_general(gb, wb, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     dw = _bf16_dot(_physical_transpose(xb), gb)  # (K, M) @ (M, N), accumulated in float32
     return dx, dw
 
