@@ -37,7 +37,13 @@ def global_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 
 class EvalData:
-    """An evaluation split: cached as uint8 arrays when small enough, otherwise read as a stream."""
+    """An evaluation split: kept on the devices when small enough, otherwise read as a stream.
+
+    A split of at most `cache_bytes` (uint8 pixels) is decoded once and, at its first evaluation,
+    put on the devices as padded, sharded batches; every later evaluation (each epoch, each stage)
+    reads them there, with no host work or transfer per batch. Larger splits stream from the source
+    at every evaluation.
+    """
 
     def __init__(self, name: str, source: DataSource, cache_bytes: int):
         self.name = name
@@ -47,11 +53,29 @@ class EvalData:
         self.cached: ArraySplit | None = None
         if size is not None and size * per_image <= cache_bytes:
             self.cached = source.materialize()
+        self._resident: tuple[tuple[int, Mesh], list[dict[str, jax.Array]]] | None = None
+
+    @property
+    def resident(self) -> bool:
+        """Whether the split is (or will be, at its first evaluation) held on the devices."""
+        return self.cached is not None or self._resident is not None
 
     def batches(self, batch_size: int, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
         """Padded batches (with a `mask`) as sharded global arrays: each example counted once."""
+        if not self.resident:
+            yield from self._transfer(self.source, batch_size, mesh)
+            return
+        key = (batch_size, mesh)
+        if self._resident is None or self._resident[0] != key:
+            data = self.cached if self.cached is not None else self.source
+            self._resident = (key, list(self._transfer(data, batch_size, mesh)))
+            self.cached = None  # the host copy is no longer needed
+        yield from self._resident[1]
+
+    @staticmethod
+    def _transfer(data, batch_size: int, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
         sharding = batch_sharded(mesh)
-        for batch in padded_batches(self.cached or self.source, batch_size):
+        for batch in padded_batches(data, batch_size):
             yield {
                 "image": global_array(batch.images, sharding),
                 "label": global_array(batch.labels.astype(np.int32), sharding),
