@@ -14,6 +14,7 @@ import pytest
 
 from vpt_jax import config as config_lib
 from vpt_jax.errors import UserError
+from vpt_jax.models import precision
 from vpt_jax.models.checkpoint import save_npz
 from vpt_jax.models.vit import VisionTransformer, ViTConfig, init_params
 from vpt_jax.train import loop, records
@@ -146,6 +147,7 @@ def test_four_devices_match_one_device(tmp_path, base_checkpoint):
         ({"optimizer.lr": -0.1}, "optimizer.lr must be a positive number, got -0.1"),
         ({"strategy.num_prompts": 0}, "needs a prompt length >= 1 (got 0)"),
         ({"train.batch_size": 0}, "train.batch_size must be >= 1"),
+        ({"model.precision": "fp16"}, "model.precision: unknown precision 'fp16'; use one of: "),
     ],
 )
 def test_config_errors_fail_before_any_work(tmp_path, base_checkpoint, overrides, message):
@@ -156,6 +158,56 @@ def test_config_errors_fail_before_any_work(tmp_path, base_checkpoint, overrides
     assert message in str(e.value) and "\n" not in str(e.value)
     assert loop.TRACE_COUNTS["train_step"] == 0
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bf16_precision_switch_reaches_the_model_and_trains_like_float32(
+    tmp_path, base_checkpoint, monkeypatch
+):
+    calls = []
+    real = precision.bf16_matmul
+    monkeypatch.setattr(precision, "bf16_matmul", lambda x, w: calls.append(1) or real(x, w))
+    results = {}
+    for mode in ("float32", "bf16"):
+        c = tiny_config(base_checkpoint, **{"train.epochs": 2, "model.precision": mode})
+        results[mode] = loop.train_and_evaluate(c, str(tmp_path / mode))["final"]
+        assert bool(calls) == (mode == "bf16")  # bf16 on CPU: the bf16-matmul custom VJP
+    assert results["bf16"]["test40_loss"] == pytest.approx(
+        results["float32"]["test40_loss"], rel=0.02
+    )
+
+
+GRID_SCRIPT = """
+import sys
+import jax
+from vpt_jax.main import _enable_compilation_cache
+from vpt_jax.train import loop
+sys.path.insert(0, "tests")
+from test_train import tiny_config
+
+hits = []
+jax.monitoring.register_event_listener(lambda name, **_: hits.append(name))
+_enable_compilation_cache()  # as the command line does (VPT_JAX_COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+for i, (lr, wd) in enumerate(((0.5, 0.0), (0.05, 1e-3))):  # two runs of a grid search
+    hits.clear()
+    overrides = {"optimizer.lr": lr, "optimizer.weight_decay": wd, "train.epochs": 1}
+    loop.train_and_evaluate(tiny_config(sys.argv[1], **overrides), sys.argv[2] + str(i))
+    print(*(hits.count(f"/jax/compilation_cache/cache_{k}") for k in ("misses", "hits")))
+"""
+
+
+def test_the_runs_of_a_grid_search_share_compiled_programs(tmp_path, base_checkpoint):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", VPT_JAX_COMPILATION_CACHE=str(tmp_path / "xla"))
+    proc = subprocess.run(
+        [sys.executable, "-c", GRID_SCRIPT, base_checkpoint, str(tmp_path / "run")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, second = ([int(n) for n in line.split()] for line in proc.stdout.splitlines()[-2:])
+    assert first[0] > 0  # (misses, hits): the first run compiles
+    # lr and weight decay are optimizer state, so the second run's train and eval steps are the
+    # same programs: served by the persistent cache, nothing compiled again.
+    assert second[0] == 0 and second[1] >= 2, proc.stdout
 
 
 def test_batch_not_divisible_by_devices():

@@ -285,15 +285,15 @@ def _train_stage(
     batch = c.train.batch_size
     steps_per_epoch = -(-num_train // batch)
     peak = learning_rate(plan.lr, batch, c.optimizer.scale_lr_by_batch)
-    lr_schedule = schedule(
-        peak, plan.warmup_epochs * steps_per_epoch, plan.epochs * steps_per_epoch
-    )
+    warmup_steps, total_steps = plan.warmup_epochs * steps_per_epoch, plan.epochs * steps_per_epoch
+    lr_schedule = schedule(peak, warmup_steps, total_steps)  # for the logs; the step reads state
     o = c.optimizer
     tx = make_optimizer(
         labels,
         name=plan.optimizer,
-        lr=lr_schedule,
+        lr=peak,
         weight_decay=plan.weight_decay,
+        schedule_shape=schedule(1.0, warmup_steps, total_steps),
         momentum=o.momentum,
         b1=o.b1,
         b2=o.b2,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import optax
 
 from vpt_jax.tuning.rules import masked_optimizer
@@ -29,8 +30,9 @@ def make_optimizer(
     labels: Mapping[str, Any],
     *,
     name: str,
-    lr: optax.ScalarOrSchedule,
+    lr: float,
     weight_decay: float,
+    schedule_shape: optax.Schedule | None = None,
     momentum: float = 0.9,
     b1: float = 0.9,
     b2: float = 0.999,
@@ -39,12 +41,19 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """The optimizer over the whole parameter tree, driven by the strategy's labels.
 
+    The learning rate and the weight decay are optimizer *state* (`optax.inject_hyperparams`),
+    not constants of the compiled step: the runs of a grid search, which differ only in them,
+    trace to the same program, so XLA's persistent compilation cache compiles it once per shape
+    instead of once per run.
+
     Args:
       labels: label tree (frozen / decay / no_decay).
       name: `sgd` (momentum, L2 weight decay added to the gradient, as torch SGD) or `adamw`
         (decoupled weight decay).
-      lr: learning rate or schedule.
+      lr: the (peak) learning rate.
       weight_decay: applied to `decay` leaves only.
+      schedule_shape: the rate at step `t` is `lr * schedule_shape(t)` (e.g. `schedule(1.0, ...)`);
+        None: constant.
       momentum: SGD momentum.
       b1: AdamW beta1.
       b2: AdamW beta2.
@@ -59,5 +68,12 @@ def make_optimizer(
         make = lambda rate, wd: optax.adamw(rate, b1=b1, b2=b2, eps=eps, weight_decay=wd)
     else:
         raise ValueError(f"unknown optimizer {name!r}")
-    tx = masked_optimizer(labels, make, lr, weight_decay)
-    return optax.chain(optax.clip_by_global_norm(grad_clip), tx) if grad_clip else tx
+
+    def build(learning_rate: jax.Array, weight_decay: jax.Array) -> optax.GradientTransformation:
+        rate = learning_rate
+        if schedule_shape is not None:
+            rate = lambda count: learning_rate * schedule_shape(count)
+        tx = masked_optimizer(labels, make, rate, weight_decay)
+        return optax.chain(optax.clip_by_global_norm(grad_clip), tx) if grad_clip else tx
+
+    return optax.inject_hyperparams(build)(learning_rate=lr, weight_decay=weight_decay)
