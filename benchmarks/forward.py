@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/forward.py [--batch 8] [--steps 5] [--models S/16,B/16]
 
 Same weights (one .npz file loaded by both), batch, 224x224 and float32; exact GELU in both. Prints
-images/s (median over timed steps after warm-up) and the vpt_jax/timm ratio. Set
-GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (scripts/venv.sh does) for representative CPU numbers.
+images/s (median over timed steps after warm-up) and the vpt_jax/timm ratio. Both run under the
+allocator settings of vpt_jax's command line (vpt_jax/runtime.py; VPT_JAX_ALLOCATOR=system: glibc's).
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from vpt_jax.runtime import allocator_description, use_fast_allocator
+
+if __name__ == "__main__":
+    use_fast_allocator()  # re-executes before JAX starts its threads
 
 import jax
 import numpy as np
@@ -79,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"device: {jax.devices()[0].device_kind}, torch threads {torch.get_num_threads()}, "
-        f"batch {args.batch}, 224x224, float32, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}"
+        f"batch {args.batch}, 224x224, float32, allocator: {allocator_description()}"
     )
     rows = [(v, *bench(v, args.batch, args.steps)) for v in args.models.split(",")]
     print(f"{'model':8} {'vpt_jax img/s':>14} {'timm eager img/s':>17} {'ratio':>6}")

@@ -1,0 +1,351 @@
+"""Projected wall time of the paper's Tables 1-2 protocol on this device, from times measured now.
+
+    .venv/bin/python benchmarks/protocol_cost.py                         # CPU: float32 and bf16
+    .venv/bin/python benchmarks/protocol_cost.py --precision bf16 --batch 64 --eval-batch 256  # GPU
+    .venv/bin/python benchmarks/protocol_cost.py --smoke                 # tiny model (tests)
+
+The protocol (vpt_jax.study): for each of the 19 VTAB-1k tasks and each strategy, a grid search
+(lr x wd; prompt/SGD grid 10 x 4 = 40 settings, FT/AdamW grid 4 x 4 = 16) trained on train800 and
+scored on val200, then the selected setting retrained with 5 seeds on train800val200 and scored on
+test. Every run trains 100 epochs (ft_then_pt: an FT stage of 100 epochs, then 100 of VPT-deep) and,
+as configured (`train.eval_every_epochs = 1`), evaluates its eval split after every epoch. VPT runs
+use the per-task prompt lengths of `PAPER_PROMPT_LENGTHS`.
+
+Measured here, in one process, on ViT-B/16 at 224x224: seconds per training image (weights
+training: at 197 and 397 tokens; prompts only: at 198 and 397 tokens; other token counts linear in
+between), seconds per evaluated image (197 and 397 tokens), the jit compile time of a run's steps,
+the on-device gather + preprocessing of the trainer, and host decoding per image: procedural images
+and JPEG/PNG decode + resize through TensorFlow (the TFDS path). Test splits over the trainer's
+cache limit are decoded again at every evaluation. The projection prints its assumptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# First, before JAX starts: importing it re-execs this script under the recommended allocator.
+bench = importlib.import_module("train_step")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from vpt_jax.data import VTAB_TASKS, get_dataset, preprocess_batch  # noqa: E402
+from vpt_jax.models.vit import ViTConfig  # noqa: E402
+from vpt_jax.study.config import (  # noqa: E402
+    FINETUNE_LRS,
+    FINETUNE_WDS,
+    PAPER_SEEDS,
+    PROMPT_LRS,
+    PROMPT_WDS,
+)
+from vpt_jax.tuning.budget import PAPER_PROMPT_LENGTHS  # noqa: E402
+
+EVAL_CACHE_BYTES = 2 * 1024**3  # vpt_jax.train.loop: eval splits up to this size stay decoded
+EPOCHS = 100
+SEARCH_TRAIN, SEARCH_EVAL, FINAL_TRAIN = 800, 200, 1000
+# Approximate stored image size per task (TFDS), for the decode cost: small PNG (<= 96 px),
+# medium (~256 px) or large JPEG (~500 px). Stated, not measured per task.
+SOURCE_KIND = {
+    "caltech101": "large", "cifar100": "small", "dtd": "large", "oxford_flowers102": "large",
+    "oxford_iiit_pet": "large", "svhn_cropped": "small", "sun397": "large",
+    "patch_camelyon": "small", "eurosat": "small", "resisc45": "medium",
+    "diabetic_retinopathy": "medium", "clevr_count": "large", "clevr_distance": "large",
+    "dmlab": "medium", "kitti_distance": "large", "dsprites_location": "small",
+    "dsprites_orientation": "small", "smallnorb_azimuth": "small", "smallnorb_elevation": "small",
+}  # fmt: skip
+SOURCE_SHAPES = {"small": (64, 64), "medium": (256, 256), "large": (375, 500)}
+
+
+def test_size(task) -> int:
+    """Examples in a task's test split, from its TFDS split string and the table's split sizes."""
+    match = re.fullmatch(r"(\w+)(?:\[(\d*)(%?):(\d*)(%?)\])?", task.test)
+    name, start, start_pct, stop, stop_pct = match.groups()
+    total = task.source_sizes[name]
+    to_index = lambda v, pct, default: default if not v else (
+        total * int(v) // 100 if pct else int(v)
+    )  # fmt: skip
+    return to_index(stop, stop_pct, total) - to_index(start, start_pct, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurements
+
+
+@dataclasses.dataclass
+class Measured:
+    precision: str
+    train: dict[tuple[str, int], float]  # (weights|prompts, tokens) -> s per training image
+    eval: dict[int, float]  # tokens -> s per evaluated image
+    compile_s: dict[str, float]  # weights|prompts -> s per run (train + eval step)
+    preprocess_s: float  # on-device gather + normalisation, per training image
+
+    def train_s(self, kind: str, tokens: int) -> float:
+        return _interpolate({t: v for (k, t), v in self.train.items() if k == kind}, tokens)
+
+    def eval_s(self, tokens: int) -> float:
+        return _interpolate(self.eval, tokens)
+
+
+def _interpolate(points: dict[int, float], x: int) -> float:
+    (x0, y0), (x1, y1) = sorted(points.items())
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def measure_model(args, cfg: ViTConfig) -> Measured:
+    """Step and evaluation times per image, at two token counts per kind."""
+    small, large = (1, 200) if not args.smoke else (1, 4)
+    cases = {
+        ("weights", 0): bench.Variant("full"),
+        ("weights", large): bench.Variant("mixed", large),
+        ("prompts", small): bench.Variant("vpt_deep", small),
+        ("prompts", large): bench.Variant("vpt_deep", large),
+    }
+    train, evals, compile_s = {}, {}, {}
+    for (kind, prompts), variant in cases.items():
+        start = time.perf_counter()
+        run_train, run_eval, _, _ = bench.jax_runner(cfg, variant, args.batch, args.eval_batch)
+        if prompts in (0, small):
+            run_eval(1)  # the first evaluation compiles
+            compile_s[kind] = time.perf_counter() - start
+        times, _ = bench.alternate(
+            {"train": run_train, "eval": run_eval}, args.steps, args.rounds, args.warmup
+        )
+        tokens = 1 + cfg.num_patches + prompts
+        train[(kind, tokens)] = times["train"] / args.batch
+        if kind == "weights":
+            evals[tokens] = times["eval"] / args.eval_batch
+        print(
+            f"  {variant.label:15} {tokens:4d} tokens: {args.batch / times['train']:8.2f} train "
+            f"img/s, {args.eval_batch / times['eval']:8.2f} eval img/s",
+            flush=True,
+        )
+    return Measured(cfg.precision, train, evals, compile_s, measure_preprocess(args, cfg))
+
+
+def measure_preprocess(args, cfg: ViTConfig) -> float:
+    """Seconds per image of the trainer's on-device part: gather from uint8 and normalise."""
+    size = cfg.image_size
+    split = jnp.asarray(np.random.default_rng(0).integers(0, 255, (64, size, size, 3), np.uint8))
+    indices = jnp.arange(args.batch) % 64
+
+    @jax.jit
+    def step(split, indices):
+        return preprocess_batch(split[indices], normalization="inception").sum()
+
+    times, _ = bench.alternate(
+        {"p": lambda n: [step(split, indices).block_until_ready() for _ in range(n)]},
+        max(args.steps, 5),
+        1,
+        1,
+    )
+    return times["p"] / args.batch
+
+
+def measure_decode(args) -> dict[str, float]:
+    """Host seconds per image: procedural rendering, and TF decode + resize per source kind."""
+    out = {}
+    count = 2 if args.smoke else 64
+    start = time.perf_counter()
+    get_dataset("procedural:objects", f"train{count}", image_size=224).materialize()
+    out["procedural"] = (time.perf_counter() - start) / count
+    try:
+        from vpt_jax.data.host_tf import tf
+        from vpt_jax.data.image_convert import to_model_image
+    except ImportError:
+        return out
+    rng = np.random.default_rng(0)
+    for kind, (h, w) in SOURCE_SHAPES.items():
+        if args.smoke and kind != "small":
+            continue
+        smooth = rng.integers(0, 255, (h // 8 + 1, w // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)
+        pixels = smooth[:h, :w].astype(np.uint8)
+        encode = tf.io.encode_png if kind == "small" else tf.io.encode_jpeg
+        blob = encode(pixels).numpy()
+        data = tf.data.Dataset.from_tensors(blob).repeat(count * (8 if kind == "small" else 2))
+        data = data.map(
+            lambda b: to_model_image(tf.io.decode_image(b, 3, expand_animations=False), 224),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        ).batch(64)
+        for _ in data.take(1):
+            pass
+        start = time.perf_counter()
+        n = sum(int(batch.shape[0]) for batch in data)
+        out[kind] = (time.perf_counter() - start) / n
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Projection
+
+
+@dataclasses.dataclass
+class Cost:
+    train: float = 0.0
+    eval: float = 0.0
+    decode: float = 0.0
+    compile: float = 0.0
+    runs: int = 0
+
+    def add(self, other: Cost, times: int = 1) -> None:
+        for field in dataclasses.fields(self):
+            name = field.name
+            setattr(self, name, getattr(self, name) + times * getattr(other, name))
+
+    @property
+    def total(self) -> float:
+        return self.train + self.eval + self.decode + self.compile
+
+
+def run_cost(m: Measured, decode: dict[str, float], task, strategy: str, final: bool,
+             eval_every_epoch: bool, compiles: bool = True) -> Cost:  # fmt: skip
+    """Seconds of one run of `strategy` on `task` (a search run, or a final run).
+
+    `compiles`: whether this run compiles its steps. The learning rate and weight decay are
+    optimizer state (vpt_jax.train.optimizer), so the runs of one grid, and the seeds of one final
+    phase, are one program: the command line's persistent compilation cache compiles it once.
+    """
+    p = PAPER_PROMPT_LENGTHS[task.name]
+    base = 197
+    stages = {
+        "full": [("weights", base)],
+        "vpt_deep": [("prompts", base + p)],
+        "vpt_shallow": [("prompts", base + p)],
+        "mixed": [("weights", base + p)],
+        "ft_then_pt": [("weights", base), ("prompts", base + p)],
+    }[strategy]
+    n_train = FINAL_TRAIN if final else SEARCH_TRAIN
+    n_eval = test_size(task) if final else SEARCH_EVAL
+    evals = EPOCHS if eval_every_epoch else 1
+    per_decode = decode.get(SOURCE_KIND[task.name], decode["procedural"])
+    cached = n_eval * 224 * 224 * 3 <= EVAL_CACHE_BYTES
+    cost = Cost(runs=1)
+    for kind, tokens in stages:
+        cost.train += EPOCHS * n_train * (m.train_s(kind, tokens) + m.preprocess_s)
+        cost.eval += evals * n_eval * m.eval_s(tokens)
+        cost.decode += per_decode * (n_train + n_eval * (1 if cached else evals))
+        cost.compile += m.compile_s[kind] if compiles else 0.0
+    return cost
+
+
+def project(m: Measured, decode: dict[str, float], strategies, eval_every_epoch: bool):
+    grids = {
+        "adamw": len(FINETUNE_LRS) * len(FINETUNE_WDS),
+        "sgd": len(PROMPT_LRS) * len(PROMPT_WDS),
+    }
+    seeds = len(PAPER_SEEDS)
+    per_task = {}
+    for name, task in VTAB_TASKS.items():
+        total = Cost()
+        for strategy in strategies:
+            grid = grids["adamw" if strategy == "full" else "sgd"]
+            for final, runs in ((False, grid), (True, seeds)):
+                total.add(run_cost(m, decode, task, strategy, final, eval_every_epoch))
+                rest = run_cost(m, decode, task, strategy, final, eval_every_epoch, False)
+                total.add(rest, runs - 1)
+        per_task[name] = total
+    return per_task
+
+
+def print_projection(m: Measured, decode, strategies, batch: int) -> None:
+    device = jax.devices()[0].device_kind
+    print(f"\nProjection on {device}, ViT-B/16, vpt_jax precision {m.precision}, batch {batch}:")
+    results = {every: project(m, decode, strategies, every) for every in (True, False)}
+    print(f"{'task':22} {'test':>6} {'cached':>6} {'p':>4} | hours: {'train':>8} {'eval':>8} "
+          f"{'decode':>7} {'compile':>7} {'total':>8} | total, test at last epoch only")  # fmt: skip
+    for name, task in VTAB_TASKS.items():
+        c, last = results[True][name], results[False][name]
+        size = test_size(task)
+        cached = "yes" if size * 224 * 224 * 3 <= EVAL_CACHE_BYTES else "no"
+        print(f"{name:22} {size:6d} {cached:>6} {PAPER_PROMPT_LENGTHS[name]:4d} |        "
+              f"{c.train / 3600:8.1f} {c.eval / 3600:8.1f} {c.decode / 3600:7.1f} "
+              f"{c.compile / 3600:7.1f} {c.total / 3600:8.1f} | {last.total / 3600:8.1f}")  # fmt: skip
+    for every, label in ((True, "as configured (evaluate every epoch)"),
+                         (False, "evaluating only after the last epoch")):  # fmt: skip
+        total = Cost()
+        for cost in results[every].values():
+            total.add(cost)
+        print(f"TOTAL {label}: {total.runs} runs, {total.total / 3600:,.0f} device-hours "
+              f"({total.total / 86400:,.1f} days): train {total.train / 3600:,.0f} h, eval "
+              f"{total.eval / 3600:,.0f} h, decode {total.decode / 3600:,.0f} h, compile "
+              f"{total.compile / 3600:,.1f} h")  # fmt: skip
+
+
+def print_assumptions(args, strategies, decode, measured: list[Measured]) -> None:
+    print("\nAssumptions:")
+    lines = [
+        f"strategies {', '.join(strategies)}; 19 VTAB-1k tasks; grids: AdamW (full) "
+        f"{len(FINETUNE_LRS)}x{len(FINETUNE_WDS)}, SGD (others) {len(PROMPT_LRS)}x{len(PROMPT_WDS)}"
+        f"; {len(PAPER_SEEDS)} final seeds; {EPOCHS} epochs per stage (ft_then_pt: 2 stages)",
+        f"search: train {SEARCH_TRAIN}, evaluate val200 ({SEARCH_EVAL}); final: train "
+        f"{FINAL_TRAIN}, evaluate test (sizes from VTAB_TASKS' split strings and source_sizes)",
+        f"step times measured at batch {args.batch} (eval batch {args.eval_batch}) and applied "
+        "per image (the study trains at batch 64; CPU throughput per image is flat in the batch)",
+        "token counts: FT 197; VPT-deep/shallow and mixed 197 + p (PAPER_PROMPT_LENGTHS); time "
+        "linear in tokens between the two measured counts",
+        f"test splits larger than {EVAL_CACHE_BYTES / 2**30:.0f} GiB of 224x224 uint8 are decoded "
+        "at every evaluation; train/val200 and cached splits once per run",
+        "decode per image (host, s): "
+        + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in decode.items())
+        + " (stored sizes per task: SOURCE_KIND, approximate; decode can overlap compute, "
+        "counted serially here)",
+        "one device; runs sequential; no failures or restarts; one compile per task, strategy "
+        "and phase (search, final): a grid's runs differ only in lr/wd, which are optimizer "
+        "state, so XLA's persistent compilation cache (on in the command line) serves the rest",
+    ]
+    for m in measured:
+        lines.append(
+            f"{m.precision}: on-device gather+normalise {m.preprocess_s * 1e3:.2f} ms/img; "
+            f"compile per run: {', '.join(f'{k} {v:.0f} s' for k, v in m.compile_s.items())}"
+        )
+    for line in lines:
+        print(f"- {line}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    gpu = jax.default_backend() == "gpu"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--precision", default="bf16" if gpu else "float32,bf16")
+    parser.add_argument("--batch", type=int, default=64 if gpu else 8)
+    parser.add_argument("--eval-batch", type=int, default=256 if gpu else 16)
+    parser.add_argument("--steps", type=int, default=3 if gpu else 2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--strategies", default="full,vpt_deep,mixed,ft_then_pt", help="of Tables 1-2"
+    )
+    parser.add_argument("--allocator", choices=("vpt_jax", "inherit"), default="vpt_jax")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, one step (tests)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.batch, args.eval_batch, args.steps, args.rounds, args.warmup = 2, 2, 1, 1, 0
+        args.precision = args.precision.split(",")[0]
+    strategies = args.strategies.split(",")
+    print(
+        f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+        f"allocator: {bench.allocator_description()}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+    decode = measure_decode(args)
+    measured = []
+    for precision in args.precision.split(","):
+        if args.smoke:
+            cfg = ViTConfig(**bench.SMOKE_CONFIG, gelu_approximate=False, precision=precision)
+        else:
+            cfg = ViTConfig.from_variant("B/16", gelu_approximate=False, precision=precision)
+        print(f"measuring ViT-B/16 {precision}:" if not args.smoke else f"smoke {precision}:")
+        measured.append(measure_model(args, cfg))
+    print_assumptions(args, strategies, decode, measured)
+    for m in measured:
+        print_projection(m, decode, strategies, args.batch)
+
+
+if __name__ == "__main__":
+    main()
