@@ -55,6 +55,8 @@ _AS_SCRIPT = os.path.basename(sys.argv[0]) in ("train_step.py", "protocol_cost.p
 if _AS_SCRIPT and _allocator_from_argv(sys.argv[1:]) == "vpt_jax":
     use_fast_allocator()  # re-executes before JAX starts its threads
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# On a GPU both frameworks share the device: JAX must not reserve most of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
