@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from vpt_jax import config as config_lib
+from vpt_jax import runtime
 from vpt_jax.errors import UserError
 from vpt_jax.models import precision
 from vpt_jax.models.checkpoint import save_npz
@@ -79,6 +80,10 @@ def test_one_epoch_end_to_end_through_the_cli(tmp_path, base_checkpoint):
     assert result["final"]["test40_top1"] == rows[0]["test40_top1"]
     assert result["tuned_parameters"] == 2 * 2 * 32 + 32 * 8 + 8  # deep prompts + 8-way head
     assert "trainable of" in proc.stdout and "img/s" in proc.stdout
+    # The CLI re-executes under its allocator settings where they apply, else keeps this one.
+    reexec = runtime.allocator_environment() is not None
+    expected = "glibc, vpt_jax tunables" if reexec else runtime.allocator_description()
+    assert f"allocator: {expected}" in proc.stdout
     # The artifact loads on the base checkpoint and holds only prompts and head.
     model, params, meta = load_artifact(run / "artifact.npz", base_checkpoint)
     assert meta["tuned_parameters"] == result["tuned_parameters"]

@@ -17,7 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vpt_jax.errors import UserError
-from vpt_jax.runtime import use_fast_allocator
+from vpt_jax.runtime import allocator_description, use_fast_allocator
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -49,6 +49,7 @@ def _main(argv: list[str]) -> None:
             "both --config and --workdir are required, e.g. --config configs/demo.py --workdir runs/demo"
         )
     setup_logging()
+    logging.getLogger("vpt_jax").info("allocator: %s", allocator_description())
     _hide_accelerators_from_tensorflow()
     _enable_compilation_cache()
     if config.get("distributed") and config.distributed.coordinator_address:
