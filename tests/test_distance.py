@@ -11,11 +11,7 @@ import tensorflow_datasets as tfds
 
 from tests.fid_fixtures import TINY, counted, random_params, write_tiny_vit
 from vpt_jax.analysis import distance
-from vpt_jax.analysis.extractors import (
-    inception_extractor,
-    vit_config_from_checkpoint,
-    vit_extractor,
-)
+from vpt_jax.analysis.extractors import inception_extractor, vit_extractor
 from vpt_jax.analysis.features import vit_features_fn
 from vpt_jax.analysis.fid_table import read_distances_csv, write_distances_csv
 from vpt_jax.analysis.frechet import frechet_distance
@@ -24,7 +20,12 @@ from vpt_jax.analysis.tasks import known_disparity, resolve_dataset_name, task_s
 from vpt_jax.data import get_dataset
 from vpt_jax.errors import UserError
 from vpt_jax.models import inception
-from vpt_jax.models.checkpoint import atomic_write_npz, read_npz, to_canonical
+from vpt_jax.models.checkpoint import (
+    atomic_write_npz,
+    config_from_checkpoint,
+    read_npz,
+    to_canonical,
+)
 from vpt_jax.models.vit import create_model
 
 N = 24  # images per dataset: enough for 32-d statistics, cheap at 16x16
@@ -42,7 +43,7 @@ def extractor(checkpoint):
 
 def test_vit_extractor_reads_the_architecture_and_uses_the_checkpoint(checkpoint, extractor):
     flat, _ = to_canonical(read_npz(checkpoint))
-    assert vit_config_from_checkpoint(flat) == TINY
+    assert config_from_checkpoint(flat) == TINY
     assert (extractor.dim, extractor.image_size) == (32, 16)
     assert extractor.name.startswith("vit-vit_tiny-")
     images = get_dataset("procedural:objects", "train4", image_size=16).materialize().images
@@ -53,7 +54,7 @@ def test_vit_extractor_reads_the_architecture_and_uses_the_checkpoint(checkpoint
 def test_vit_extractor_with_a_representation_layer(tmp_path):
     config = dataclasses.replace(TINY, representation_size=24)
     path = write_tiny_vit(tmp_path / "with_pre_logits.npz", config)
-    assert vit_config_from_checkpoint(to_canonical(read_npz(path))[0]) == config
+    assert config_from_checkpoint(to_canonical(read_npz(path))[0]) == config
     extractor = vit_extractor(path)
     assert extractor.dim == 24
     assert extractor.fn(np.zeros((2, 16, 16, 3), np.uint8)).shape == (2, 24)
@@ -66,7 +67,7 @@ def test_vit_extractor_refuses_an_inconsistent_file(checkpoint, tmp_path):
     with pytest.raises(UserError, match="not hold a consistent ViT .* Transformer/encoder_norm"):
         vit_extractor(tmp_path / "broken.npz")
     with pytest.raises(UserError, match="not a ViT checkpoint"):
-        vit_config_from_checkpoint({"embedding/kernel": np.zeros((4, 4, 3, 8))})
+        config_from_checkpoint({"embedding/kernel": np.zeros((4, 4, 3, 8))})
 
 
 def test_inception_extractor_from_a_converted_weight_file(tmp_path):

@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import hashlib
 import os
-from collections.abc import Mapping
 
 import numpy as np
 
@@ -25,8 +24,14 @@ from vpt_jax import paths
 from vpt_jax.analysis.features import FeaturesFn, inception_features_fn, vit_features_fn
 from vpt_jax.errors import UserError
 from vpt_jax.models import inception
-from vpt_jax.models.checkpoint import POSEMB, CheckpointError, describe, read_npz, to_canonical
-from vpt_jax.models.vit import ViTConfig, create_model, param_shapes
+from vpt_jax.models.checkpoint import (
+    CheckpointError,
+    config_from_checkpoint,
+    describe,
+    read_npz,
+    to_canonical,
+)
+from vpt_jax.models.vit import create_model, param_shapes
 
 FEATURES = ("inception", "vit")
 _CONVERT_HINT = (
@@ -83,41 +88,6 @@ def inception_extractor(weights: str | os.PathLike) -> FeatureExtractor:
     )
 
 
-def vit_config_from_checkpoint(flat: Mapping[str, np.ndarray]) -> ViTConfig:
-    """The architecture a canonical flat ViT checkpoint holds (widths, depth, resolution).
-
-    Args:
-      flat: `{name: array}` in vpt_jax's names (`models.checkpoint.to_canonical`).
-
-    Returns:
-      The config; `image_size` follows from the position embedding, `representation_size` from a
-      `pre_logits` layer when the file has one.
-    """
-    try:
-        query = flat["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"]
-        mlp = flat["Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"]
-        patch = int(flat["embedding/kernel"].shape[0])
-        positions = flat[POSEMB].shape[1] - 1  # the class token's row is not a patch
-    except KeyError as e:
-        raise CheckpointError(
-            f"the checkpoint has no {e.args[0]}: it is not a ViT checkpoint"
-        ) from None
-    grid = int(round(np.sqrt(positions)))
-    if grid * grid != positions:
-        raise CheckpointError(f"position embedding with {positions} patch positions is not square")
-    layers = {k.split("/")[1] for k in flat if k.startswith("Transformer/encoderblock_")}
-    representation = flat.get("pre_logits/kernel")
-    return ViTConfig(
-        patch_size=patch,
-        hidden_size=int(query.shape[0]),
-        num_layers=len(layers),
-        num_heads=int(query.shape[1]),
-        mlp_dim=int(mlp.shape[1]),
-        image_size=grid * patch,
-        representation_size=None if representation is None else int(representation.shape[1]),
-    )
-
-
 def vit_extractor(
     checkpoint: str | os.PathLike, *, feature: str = "pre_logits"
 ) -> FeatureExtractor:
@@ -137,7 +107,7 @@ def vit_extractor(
       CheckpointError: a missing or unreadable file, or one that is not a ViT checkpoint.
     """
     flat, _ = to_canonical(read_npz(checkpoint))
-    config = vit_config_from_checkpoint(flat)
+    config = config_from_checkpoint(flat)
     model = create_model(config, None)
     # The config comes from the file, so its leaves fit by construction; checking them against the
     # traced shapes avoids compiling an initialiser just to overwrite its output (the head, absent

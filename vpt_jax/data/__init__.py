@@ -26,6 +26,14 @@ from __future__ import annotations
 
 import os
 
+from vpt_jax.data.names import (
+    DISPARITIES,
+    GROUPS,
+    PREFIXES,
+    DatasetName,
+    parse_dataset,
+    parse_dataset_list,
+)
 from vpt_jax.data.pipeline import (
     Batch,
     epoch_batch_indices,
@@ -40,11 +48,9 @@ from vpt_jax.data.splits import ScalingSplits, max_scaling_size, one_shot_split,
 from vpt_jax.data.vtab import STANDARD_SPLITS, VTAB_TASKS, TaskSpec, get_task
 from vpt_jax.errors import UserError
 
-PREFIXES = ("vtab/", "tfds:", "folder:", "procedural:")
-
 
 def get_dataset(
-    name: str,
+    name: str | DatasetName,
     split: str,
     *,
     data_dir: str | None = None,
@@ -58,7 +64,7 @@ def get_dataset(
 
     Args:
         name: `vtab/<task>`, `tfds:<name>[/<config>][:<version>]`, `folder:<path>` or
-            `procedural:<task>`.
+            `procedural:<task>` (see `vpt_jax.data.names`), or a parsed `DatasetName`.
         split: The split (see the module docstring for each kind's split names).
         data_dir: TFDS data directory (`vtab/` and `tfds:`); None uses TFDS's default
             (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
@@ -79,39 +85,31 @@ def get_dataset(
         raise UserError(f"image_size must be positive, got {image_size}")
     if data_dir is not None:
         data_dir = os.path.expanduser(data_dir)
-    if name.startswith("vtab/"):
-        task = get_task(name.removeprefix("vtab/"))  # an unknown task fails before TensorFlow loads
+    dataset = parse_dataset(name)  # an unknown task fails here, before TensorFlow loads
+    if dataset.kind == "vtab":
         from vpt_jax.data.tfds_reader import vtab_source
 
-        return vtab_source(task, split, data_dir=data_dir, image_size=image_size)
-    if name.startswith("tfds:"):
+        return vtab_source(dataset.vtab_task, split, data_dir=data_dir, image_size=image_size)
+    if dataset.kind == "tfds":
         from vpt_jax.data.tfds_reader import tfds_source
 
         return tfds_source(
-            name.removeprefix("tfds:"),
+            dataset.value,
             split,
             data_dir=data_dir,
             image_size=image_size,
             label_key=label_key,
             image_key=image_key,
         )
-    if name.startswith("folder:"):
+    if dataset.kind == "folder":
         from vpt_jax.data.folder import folder_source
 
-        root = os.path.expanduser(name.removeprefix("folder:"))
         return folder_source(
-            root, split, image_size=image_size, val_fraction=val_fraction, seed=seed
+            dataset.value, split, image_size=image_size, val_fraction=val_fraction, seed=seed
         )
-    if name.startswith("procedural:"):
-        from vpt_jax.data.procedural import procedural_source
+    from vpt_jax.data.procedural import procedural_source
 
-        return procedural_source(
-            name.removeprefix("procedural:"), split, image_size=image_size, seed=seed
-        )
-    raise UserError(
-        f"unknown dataset {name!r}; names start with {', '.join(PREFIXES)} "
-        f"(e.g. vtab/cifar100, tfds:eurosat/rgb, folder:/data/birds, procedural:objects)"
-    )
+    return procedural_source(dataset.value, split, image_size=image_size, seed=seed)
 
 
 def load_split(name: str, split: str, **kwargs) -> ArraySplit:
@@ -129,6 +127,12 @@ def load_split(name: str, split: str, **kwargs) -> ArraySplit:
 
 
 __all__ = [
+    "DISPARITIES",
+    "GROUPS",
+    "PREFIXES",
+    "DatasetName",
+    "parse_dataset",
+    "parse_dataset_list",
     "NORMALIZATIONS",
     "PROCEDURAL_TASKS",
     "STANDARD_SPLITS",

@@ -26,7 +26,6 @@ from collections.abc import Mapping
 
 from vpt_jax.errors import UserError
 
-GROUPS = ("natural", "specialized", "structured")
 STANDARD_SPLITS = ("train800", "val200", "train800val200", "test")
 TRAIN_1K, VAL_1K = 800, 200
 
@@ -62,7 +61,7 @@ class TaskSpec:
         label: The feature holding the label, or the name of a derived label
             (`vpt_jax.data.labels.DERIVED_LABELS`).
         num_classes: Number of classes.
-        group: `natural`, `specialized` or `structured`.
+        group: `natural`, `specialized` or `structured` (its task disparity: `vpt_jax.data.names`).
         train: VTAB's training region.
         val: VTAB's validation region.
         test: VTAB's test split as a TFDS split string.
@@ -89,12 +88,6 @@ class TaskSpec:
     def tfds_name(self) -> str:
         """The name `tfds.builder` takes: builder, config and version."""
         return f"{self.builder}:{self.version}"
-
-    @property
-    def disparity(self) -> str:
-        """Task disparity from the (ImageNet) pretraining task: `high` for structured tasks,
-        `low` for the classification-like natural and specialized ones."""
-        return "high" if self.group == "structured" else "low"
 
     def standard_split(self, split: str) -> str:
         """The TFDS split string of `train800`, `val200`, `train800val200` or `test`."""

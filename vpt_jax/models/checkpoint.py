@@ -30,7 +30,7 @@ import scipy.ndimage
 
 from vpt_jax import atomic, paths
 from vpt_jax.errors import UserError
-from vpt_jax.models.vit import SIZES, VisionTransformer, init_params
+from vpt_jax.models.vit import SIZES, VisionTransformer, ViTConfig, init_params
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +207,41 @@ def describe(flat: Mapping[str, np.ndarray]) -> str:
     )
     name = f"ViT-{size}/{patch}" if size else "a ViT"
     return f"{name} (hidden {width}, {depth} layers, patch {patch})"
+
+
+def config_from_checkpoint(flat: Mapping[str, np.ndarray]) -> ViTConfig:
+    """The architecture a canonical flat ViT checkpoint holds (widths, depth, resolution).
+
+    Args:
+      flat: `{name: array}` in vpt_jax's names (`models.checkpoint.to_canonical`).
+
+    Returns:
+      The config; `image_size` follows from the position embedding, `representation_size` from a
+      `pre_logits` layer when the file has one.
+    """
+    try:
+        query = flat["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"]
+        mlp = flat["Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"]
+        patch = int(flat["embedding/kernel"].shape[0])
+        positions = flat[POSEMB].shape[1] - 1  # the class token's row is not a patch
+    except KeyError as e:
+        raise CheckpointError(
+            f"the checkpoint has no {e.args[0]}: it is not a ViT checkpoint"
+        ) from None
+    grid = int(round(np.sqrt(positions)))
+    if grid * grid != positions:
+        raise CheckpointError(f"position embedding with {positions} patch positions is not square")
+    layers = {k.split("/")[1] for k in flat if k.startswith("Transformer/encoderblock_")}
+    representation = flat.get("pre_logits/kernel")
+    return ViTConfig(
+        patch_size=patch,
+        hidden_size=int(query.shape[0]),
+        num_layers=len(layers),
+        num_heads=int(query.shape[1]),
+        mlp_dim=int(mlp.shape[1]),
+        image_size=grid * patch,
+        representation_size=None if representation is None else int(representation.shape[1]),
+    )
 
 
 def load_pretrained(
