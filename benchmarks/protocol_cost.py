@@ -9,7 +9,7 @@ The protocol (vpt_jax.study): for each of the 19 VTAB-1k tasks and each strategy
 scored on val200, then the selected setting retrained with 5 seeds on train800val200 and scored on
 test. Every run trains 100 epochs (ft_then_pt: an FT stage of 100 epochs, then 100 of VPT-deep) and,
 as configured (`train.eval_every_epochs = 1`), evaluates its eval split after every epoch. VPT runs
-use the per-task prompt lengths of `PAPER_PROMPT_LENGTHS`.
+use the per-task prompt lengths of the VTAB task table (`TaskSpec.prompt_length`).
 
 Measured here, in one process, on ViT-B/16 at 224x224: seconds per training image (weights
 training: at 197 and 397 tokens; prompts only: at 198 and 397 tokens; other token counts linear in
@@ -46,9 +46,8 @@ from vpt_jax.study.config import (  # noqa: E402
     PROMPT_LRS,
     PROMPT_WDS,
 )
-from vpt_jax.tuning.budget import PAPER_PROMPT_LENGTHS  # noqa: E402
 
-EVAL_CACHE_BYTES = 2 * 1024**3  # vpt_jax.train.loop: eval splits up to this size stay decoded
+EVAL_CACHE_BYTES = 2 * 1024**3  # vpt_jax.train.setup: eval splits up to this size stay decoded
 EPOCHS = 100
 SEARCH_TRAIN, SEARCH_EVAL, FINAL_TRAIN = 800, 200, 1000
 # Approximate stored image size per task (TFDS), for the decode cost: small PNG (<= 96 px),
@@ -212,7 +211,7 @@ def run_cost(m: Measured, decode: dict[str, float], task, strategy: str, final: 
     optimizer state (vpt_jax.train.optimizer), so the runs of one grid, and the seeds of one final
     phase, are one program: the command line's persistent compilation cache compiles it once.
     """
-    p = PAPER_PROMPT_LENGTHS[task.name]
+    p = task.prompt_length
     base = 197
     stages = {
         "full": [("weights", base)],
@@ -264,7 +263,7 @@ def print_projection(m: Measured, decode, strategies, batch: int) -> None:
         c, last = results[True][name], results[False][name]
         size = test_size(task)
         cached = "yes" if size * 224 * 224 * 3 <= EVAL_CACHE_BYTES else "no"
-        print(f"{name:22} {size:6d} {cached:>6} {PAPER_PROMPT_LENGTHS[name]:4d} |        "
+        print(f"{name:22} {size:6d} {cached:>6} {task.prompt_length:4d} |        "
               f"{c.train / 3600:8.1f} {c.eval / 3600:8.1f} {c.decode / 3600:7.1f} "
               f"{c.compile / 3600:7.1f} {c.total / 3600:8.1f} | {last.total / 3600:8.1f}")  # fmt: skip
     for every, label in ((True, "as configured (evaluate every epoch)"),
@@ -288,7 +287,7 @@ def print_assumptions(args, strategies, decode, measured: list[Measured]) -> Non
         f"{FINAL_TRAIN}, evaluate test (sizes from VTAB_TASKS' split strings and source_sizes)",
         f"step times measured at batch {args.batch} (eval batch {args.eval_batch}) and applied "
         "per image (the study trains at batch 64; CPU throughput per image is flat in the batch)",
-        "token counts: FT 197; VPT-deep/shallow and mixed 197 + p (PAPER_PROMPT_LENGTHS); time "
+        "token counts: FT 197; VPT-deep/shallow and mixed 197 + p (TaskSpec.prompt_length); time "
         "linear in tokens between the two measured counts",
         f"test splits larger than {EVAL_CACHE_BYTES / 2**30:.0f} GiB of 224x224 uint8 are decoded "
         "at every evaluation; train/val200 and cached splits once per run",

@@ -15,8 +15,7 @@ on test every epoch (loss curves). Expected: VPT-deep on cifar100 reaches ~78% t
 from __future__ import annotations
 
 from vpt_jax.config import base_config
-from vpt_jax.data.vtab import ALIASES
-from vpt_jax.tuning.budget import PAPER_PROMPT_LENGTHS
+from vpt_jax.data.vtab import ALIASES, VTAB_TASKS
 
 
 def parse_args(arg: str | None) -> dict[str, str]:
@@ -37,7 +36,8 @@ def get_config(arg: str | None = None):
     c = base_config()
     c.data.dataset = f"vtab/{task}"  # an unknown task is reported (with the valid names) at start
     c.strategy.name = args.get("strategy", "vpt_deep")
-    c.strategy.num_prompts = int(args.get("prompts", PAPER_PROMPT_LENGTHS.get(task, 10)))
+    paper_length = VTAB_TASKS[task].prompt_length if task in VTAB_TASKS else 10
+    c.strategy.num_prompts = int(args.get("prompts", paper_length))
     if c.strategy.name == "full":
         c.optimizer.lr = 0.001
         c.optimizer.weight_decay = 0.0001

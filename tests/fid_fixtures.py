@@ -12,7 +12,7 @@ import os
 import jax
 import numpy as np
 
-from vpt_jax.analysis.extractors import FeatureExtractor
+from vpt_jax.analysis.fid.extractors import FeatureExtractor
 from vpt_jax.models.checkpoint import save_npz
 from vpt_jax.models.vit import ViTConfig, create_model, param_shapes
 

@@ -1,4 +1,4 @@
-"""The advisor: its rule in every quadrant and at every data size, and its runs on offline data."""
+"""The advisor: the paper's findings as a rule (findings.py), and measuring a dataset to apply it."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import pytest
 from PIL import Image
 
 from tests.fid_fixtures import counted, write_tiny_vit
-from vpt_jax.analysis import advisor, distance
-from vpt_jax.analysis.extractors import vit_extractor
-from vpt_jax.analysis.fid_table import DatasetDistance, write_distances_csv
-from vpt_jax.analysis.statistics import FeatureStatistics
-from vpt_jax.analysis.tasks import task_set
+from vpt_jax.analysis import advisor, findings
+from vpt_jax.analysis.fid import distance
+from vpt_jax.analysis.fid.extractors import vit_extractor
+from vpt_jax.analysis.fid.statistics import FeatureStatistics
+from vpt_jax.analysis.fid.table import DatasetDistance, write_distances_csv
+from vpt_jax.data import parse_dataset_list
 from vpt_jax.errors import UserError
 
 N = 24
@@ -45,17 +46,17 @@ def reference(extractor):
     ],
 )
 def test_each_quadrant_with_limited_data(fid, disparity, method, finding, quadrant):
-    r = advisor.recommend(fid=fid, fid_threshold=10.0, disparity=disparity, train_size=800)
+    r = findings.recommend(fid=fid, fid_threshold=10.0, disparity=disparity, train_size=800)
     assert (r.method, r.finding, r.quadrant) == (method, finding, quadrant)
     assert "limited data" in r.caveat  # the quadrant findings are VTAB-1k-sized
 
 
 def test_more_data_moves_low_disparity_similar_tasks_to_ft():
-    rule = lambda size, **kw: advisor.recommend(
+    rule = lambda size, **kw: findings.recommend(
         fid=5.0, fid_threshold=10.0, disparity="low", train_size=size, **kw
     )
     assert rule(9_999).method == "VPT"
-    large = rule(advisor.LARGE_DATA)
+    large = rule(findings.LARGE_DATA)
     assert (large.method, large.finding) == ("FT", "scaling")
     assert "10000 training images >= 10000" in large.reason
     assert (rule(3_000, large_data=2_000).method, rule(1_000, large_data=2_000).method) == (
@@ -71,33 +72,35 @@ def test_more_data_keeps_the_other_quadrants_but_changes_the_caveat():
         ("low", 50.0, "FT"),
     ]:
         small, large = (
-            advisor.recommend(fid=fid, fid_threshold=10.0, disparity=disparity, train_size=n)
+            findings.recommend(fid=fid, fid_threshold=10.0, disparity=disparity, train_size=n)
             for n in (800, 100_000)
         )
         assert small.method == large.method == method
         assert "limited data" in small.caveat and "limited data" not in large.caveat
-    high = advisor.recommend(fid=5.0, fid_threshold=10.0, disparity="high", train_size=100_000)
+    high = findings.recommend(fid=5.0, fid_threshold=10.0, disparity="high", train_size=100_000)
     assert "FT may catch up" in high.caveat
 
 
 def test_near_threshold_is_flagged_where_it_matters():
-    near = advisor.recommend(fid=10.5, fid_threshold=10.0, disparity="low", train_size=800)
+    near = findings.recommend(fid=10.5, fid_threshold=10.0, disparity="low", train_size=800)
     assert near.method == "FT" and "uncertain" in near.caveat
-    far = advisor.recommend(fid=12.0, fid_threshold=10.0, disparity="low", train_size=800)
+    far = findings.recommend(fid=12.0, fid_threshold=10.0, disparity="low", train_size=800)
     assert "uncertain" not in far.caveat
-    high = advisor.recommend(fid=10.5, fid_threshold=10.0, disparity="high", train_size=800)
+    high = findings.recommend(fid=10.5, fid_threshold=10.0, disparity="high", train_size=800)
     assert "uncertain" not in high.caveat  # high disparity does not depend on the FID
 
 
 def test_rule_refuses_bad_inputs():
     with pytest.raises(UserError, match="low or high"):
-        advisor.recommend(fid=1.0, fid_threshold=2.0, disparity="medium", train_size=800)
+        findings.recommend(fid=1.0, fid_threshold=2.0, disparity="medium", train_size=800)
     with pytest.raises(UserError, match="positive"):
-        advisor.recommend(fid=1.0, fid_threshold=2.0, disparity="low", train_size=0)
+        findings.recommend(fid=1.0, fid_threshold=2.0, disparity="low", train_size=0)
 
 
 def test_advise_on_procedural_data(extractor, reference, tmp_path):
-    anchors = distance.dataset_distances(task_set("procedural"), reference, extractor, num_images=N)
+    anchors = distance.dataset_distances(
+        parse_dataset_list("procedural"), reference, extractor, num_images=N
+    )
     fids = {r.dataset: r.fid for r in anchors}
     median = float(np.median(list(fids.values())))
 
@@ -185,7 +188,7 @@ def test_text_advice_has_the_lines_to_act_on(extractor, reference):
     assert lines["recommend"] == "VPT"
     assert lines["disparity"] == "high (structured task)"
     assert lines["threshold"] == "1.00 (given)"
-    assert lines["finding"].startswith(advisor.FINDINGS["disparity"])
+    assert lines["finding"].startswith(findings.FINDINGS["disparity"])
     assert lines["FID"].startswith(f"{advice.fid:.2f} to reference statistics")
     for key in ("dataset", "quadrant", "reason", "caveat"):
         assert lines[key]
@@ -199,10 +202,10 @@ def test_command_prints_json(checkpoint, tmp_path, capsys):
     assert (record["method"], record["disparity"], record["train_size"]) == ("VPT", "high", 800)
     assert record["reference"] == "procedural:pretrain" and record["num_images"] == N
     assert "median FID of the 6 procedural tasks" in record["threshold_source"]
-    assert record["finding_text"] == advisor.FINDINGS["disparity"]
+    assert record["finding_text"] == findings.FINDINGS["disparity"]
 
 
-def test_command_errors_are_one_line(checkpoint, tmp_path):
+def test_command_errors_are_one_line(checkpoint, tmp_path, capsys):
     base = [
         "--train_size",
         "800",
@@ -217,9 +220,20 @@ def test_command_errors_are_one_line(checkpoint, tmp_path):
         (["--dataset", "procedural:count"], "--features inception needs --inception"),
         (["--dataset", "procedural:count", "--fid_table", str(tmp_path / "no.csv"), *vit],
          "FID table not found"),
+        (["--dataset", "procedural:count", "--disparity", "medium", *vit],
+         "flag --disparity=medium: value should be one of <low|high>"),
+        (["--dataset", "procedural:count", "--fid_threshold", "1", "--anchors", "vtab", *vit],
+         "At most one of (fid_threshold, fid_table, anchors) must have a value"),
+        (["--dataset", "procedural:nope", *vit], "unknown procedural task 'nope'"),
+        (["--dataset", "procedural:count", "--json=maybe", *vit], "flag --json=maybe"),
     ]  # fmt: skip
     for args, message in cases:
         with pytest.raises(SystemExit) as error:
             advisor.main(base + args)
-        text = str(error.value)
-        assert text.startswith("error: ") and message in text and "\n" not in text
+        text = capsys.readouterr().err
+        assert error.value.code == 2
+        assert text.startswith("error: ") and message in text and text.count("\n") == 1, text
+    with pytest.raises(SystemExit) as error:
+        advisor.main(["--dataset", "procedural:count", *vit])
+    assert error.value.code == 2
+    assert "--train_size must have a value" in capsys.readouterr().err

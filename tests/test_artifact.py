@@ -121,3 +121,49 @@ def test_budget_command_prints_the_table(capsys):
     main(["--strategy", "vpt_deep"])
     out = capsys.readouterr().out
     assert "| cifar100" in out and "0.197" in out and "mean over 19 tasks" in out
+
+
+def _as_format_1(strategy_dict):
+    """A strategy as format 1 stored it: additions as fields of the strategy."""
+    fields = {"num_prompts": 0, "deep_prompts": False, "prompt_dropout": 0.0, "prompt_dim": None}
+    fields.update(lora_rank=0, lora_alpha=1.0, head_mlp_dims=[])
+    for addition in strategy_dict["additions"]:
+        if addition["kind"] == "prompts":
+            fields.update(num_prompts=addition["count"], deep_prompts=addition["deep"])
+            fields.update(prompt_dropout=addition["dropout"], prompt_dim=addition["dim"])
+        elif addition["kind"] == "lora":
+            fields.update(lora_rank=addition["rank"], lora_alpha=addition["alpha"])
+        else:
+            fields.update(head_mlp_dims=addition["hidden"])
+    return {
+        "name": strategy_dict["name"],
+        "rules": strategy_dict["rules"],
+        **fields,
+        "backbone_dropout": strategy_dict["backbone_dropout"],
+        "optimizer": strategy_dict["optimizer"],
+        "stages": [_as_format_1(s) for s in strategy_dict["stages"]],
+    }
+
+
+@pytest.mark.parametrize("name", ["vpt_deep", "lora", "mlp", "ft_then_pt"])
+def test_format_1_artifacts_still_load(name, tiny_config, base, tmp_path):
+    import json
+
+    from vpt_jax.models.checkpoint import atomic_write_npz
+    from vpt_jax.tuning.artifact import META_KEY
+
+    strategy, model, params = trained(name, tiny_config, base, steps=1)
+    export_artifact(
+        tmp_path / "new.npz", params, strategy=strategy, config=tiny_config, num_classes=4
+    )
+    flat, meta = read_artifact(tmp_path / "new.npz")
+    old = dict(meta, format_version=1, strategy=_as_format_1(meta["strategy"]))
+    flat[META_KEY] = np.frombuffer(json.dumps(old).encode(), dtype=np.uint8)
+    atomic_write_npz(tmp_path / "old.npz", flat)
+    model2, params2, meta2 = load_artifact(tmp_path / "old.npz", base)
+    assert model2 == model.__class__(tiny_config, 4, strategy.final.additions)
+    images = batch(5)["image"]
+    np.testing.assert_array_equal(
+        model2.apply({"params": params2}, images)[0], model.apply({"params": params}, images)[0]
+    )
+    assert meta2["strategy"] == meta["strategy"]

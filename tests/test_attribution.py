@@ -16,18 +16,16 @@ import scipy.ndimage
 
 from tests.conftest import TINY
 from vpt_jax import paths
-from vpt_jax.analysis import attribution, attribution_figures, attribution_plots
-from vpt_jax.analysis.attribution import gradcam, integrated_gradients
+from vpt_jax.analysis.attribution import classifier, comparison, figures
+from vpt_jax.analysis.attribution.baselines import gaussian_blur, make_baseline
+from vpt_jax.analysis.attribution.gradcam import gradcam
+from vpt_jax.analysis.attribution.integrated_gradients import integrated_gradients
+from vpt_jax.analysis.attribution.quadrature import METHODS, integration_points
 from vpt_jax.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from vpt_jax.errors import UserError
 from vpt_jax.models.checkpoint import save_npz
-from vpt_jax.models.vit import (
-    Encoder1DBlock,
-    MlpBlock,
-    MultiHeadDotProductAttention,
-    VisionTransformer,
-    param_shapes,
-)
+from vpt_jax.models.vit import VisionTransformer, param_shapes
+from vpt_jax.models.vit_blocks import Encoder1DBlock, MlpBlock, MultiHeadDotProductAttention
 from vpt_jax.tuning.artifact import export_artifact
 from vpt_jax.tuning.strategies import get_strategy
 
@@ -59,9 +57,9 @@ def random_params(model: VisionTransformer, seed: int = 0, scale: float = 0.3) -
 # ---------------------------------------------------------------- Integrated Gradients
 
 
-@pytest.mark.parametrize("method", attribution.METHODS)
+@pytest.mark.parametrize("method", METHODS)
 def test_integration_points_are_the_rules(method):
-    alphas, weights = attribution.integration_points(method, 6)
+    alphas, weights = integration_points(method, 6)
     # captum's trapezoid keeps step 1/n on n points from 0 to 1: its weights sum to (n - 1) / n.
     total = 5 / 6 if method == "riemann_trapezoid" else 1.0
     assert len(alphas) == len(weights) == 6 and np.isclose(weights.sum(), total)
@@ -83,10 +81,10 @@ def test_integration_points_are_the_rules(method):
 
 def test_integration_points_refuse_bad_settings():
     with pytest.raises(UserError, match="unknown integration method"):
-        attribution.integration_points("simpson", 10)
+        integration_points("simpson", 10)
     with pytest.raises(UserError, match="more integration steps"):
-        attribution.integration_points("riemann_left", 1)
-    assert len(attribution.integration_points("gausslegendre", 1)[0]) == 1
+        integration_points("riemann_left", 1)
+    assert len(integration_points("gausslegendre", 1)[0]) == 1
 
 
 @pytest.mark.parametrize("kind,prompts", [("ft", 0), ("vpt_deep", 3)])
@@ -147,30 +145,30 @@ def test_ig_targets_default_to_predictions_and_are_checked():
 
 def test_baselines_in_model_space():
     x = IMAGES[:1]
-    np.testing.assert_array_equal(attribution.make_baseline(x, "zeros"), np.zeros(x.shape))
-    np.testing.assert_array_equal(attribution.make_baseline(x, "black"), -np.ones(x.shape))
-    black = attribution.make_baseline(x, "black", normalization="imagenet")
+    np.testing.assert_array_equal(make_baseline(x, "zeros"), np.zeros(x.shape))
+    np.testing.assert_array_equal(make_baseline(x, "black"), -np.ones(x.shape))
+    black = make_baseline(x, "black", normalization="imagenet")
     np.testing.assert_allclose(
         black[0, 0, 0], -np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD), rtol=1e-6
     )
-    grey = attribution.make_baseline(x, np.full((16, 16, 3), 0.5))
+    grey = make_baseline(x, np.full((16, 16, 3), 0.5))
     assert grey.shape == x.shape and float(grey.min()) == 0.5
     with pytest.raises(UserError, match="does not broadcast"):
-        attribution.make_baseline(x, np.zeros((8, 8, 3)))
+        make_baseline(x, np.zeros((8, 8, 3)))
     with pytest.raises(UserError, match="unknown baseline"):
-        attribution.make_baseline(x, "white")
+        make_baseline(x, "white")
     with pytest.raises(UserError, match="unknown normalization"):
-        attribution.make_baseline(x, "black", normalization="clip")
+        make_baseline(x, "black", normalization="clip")
 
 
 @pytest.mark.parametrize("sigma", [0.7, 2.5, 9.0])  # 9.0: the kernel outreaches the image
 def test_blur_baseline_matches_scipy(sigma):
     x = np.asarray(IMAGES)
     expected = scipy.ndimage.gaussian_filter(x, sigma=(0, sigma, sigma, 0), mode="reflect")
-    blurred = attribution.make_baseline(IMAGES, "blur", blur_sigma=sigma)
+    blurred = make_baseline(IMAGES, "blur", blur_sigma=sigma)
     np.testing.assert_allclose(blurred, expected, atol=1e-5)
     with pytest.raises(UserError, match="sigma must be positive"):
-        attribution.gaussian_blur(x, 0.0)
+        gaussian_blur(x, 0.0)
 
 
 # ---------------------------------------------------------------- GradCAM
@@ -304,11 +302,11 @@ def test_find_disagreements_takes_both_directions():
     labels = np.zeros(12, np.int64)
     ft = np.array([0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1])
     vpt = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1])
-    found = attribution_plots.find_disagreements(ft, vpt, labels, max_rows=4)
+    found = comparison.find_disagreements(ft, vpt, labels, max_rows=4)
     np.testing.assert_array_equal(found.ft_only, [0, 1, 2, 3, 4])
     np.testing.assert_array_equal(found.vpt_only, [6, 7])
     np.testing.assert_array_equal(found.selected, [0, 1, 6, 7])
-    few = attribution_plots.find_disagreements(ft, vpt, labels, max_rows=6)
+    few = comparison.find_disagreements(ft, vpt, labels, max_rows=6)
     np.testing.assert_array_equal(few.selected, [0, 1, 2, 3, 6, 7])
 
 
@@ -317,11 +315,11 @@ def test_compare_attributions_says_so_when_the_models_agree(tmp_path):
     params = random_params(model, 7)
     pixels = np.random.default_rng(1).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
     with pytest.raises(UserError, match="exactly one"):
-        attribution_plots.compare_attributions(
+        comparison.compare_attributions(
             (model, params), (model, params), pixels, np.arange(6) % 3, tmp_path
         )
     with pytest.raises(UserError, match="unknown integration method"):
-        attribution_plots.compare_attributions(
+        comparison.compare_attributions(
             (model, params), (model, params), pixels, np.arange(6) % 3, tmp_path, method="x"
         )
 
@@ -330,9 +328,9 @@ def test_compare_attributions_on_float_images_for_predicted_classes(tmp_path):
     model = build("ft", num_classes=10, config=ONE_BLOCK)
     first, second = random_params(model, 1), random_params(model, 3)
     images = np.random.default_rng(2).uniform(0, 1, (40, 16, 16, 3)).astype(np.float32)
-    labels = np.asarray(attribution_plots.predict(model, first, images))
-    labels[::2] = np.asarray(attribution_plots.predict(model, second, images))[::2]
-    report = attribution_plots.compare_attributions(
+    labels = np.asarray(classifier.predict(model, first, images))
+    labels[::2] = np.asarray(classifier.predict(model, second, images))[::2]
+    report = comparison.compare_attributions(
         (model, first),
         (model, second),
         images,
@@ -381,7 +379,7 @@ def test_figure_command_writes_pngs_offline(tmp_path, capsys):
     argv = ["--ft_artifact", str(ft), "--vpt_artifact", str(vpt), "--base", str(base)]
     argv += ["--dataset", "procedural:objects", "--split", "test", "--out", str(out)]
     argv += ["--max_rows", "4", "--ig_steps", "4", "--max_examples", "48"]
-    attribution_figures.main(argv)
+    figures.main(argv)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["examples"] == 48
     assert summary["ft_right_vpt_wrong"] and summary["vpt_right_ft_wrong"]
@@ -397,9 +395,31 @@ def test_figure_command_writes_pngs_offline(tmp_path, capsys):
     assert "VPT right" in capsys.readouterr().out
 
 
-def test_figure_command_fails_with_one_line(tmp_path):
-    base, ft, vpt = write_runs(tmp_path)
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--ig_method", "simpson"], "error: unknown integration method 'simpson'"),
+        (["--ig_baseline", "white"], "error: flag --ig_baseline=white: value should be one of"),
+        (["--target", "both"], "error: flag --target=both: value should be one of"),
+        (["--figures", "gradcam,saliency"], "error: unknown figures ['saliency']"),
+        (["--max_rows", "0"], "error: --max_rows and --batch_size must be >= 1"),
+    ],
+)
+def test_figure_command_fails_with_one_line(tmp_path, capsys, extra, message):
+    base, ft, vpt = tmp_path / "base.npz", tmp_path / "ft.npz", tmp_path / "vpt.npz"
     argv = ["--ft_artifact", str(ft), "--vpt_artifact", str(vpt), "--base", str(base)]
-    argv += ["--dataset", "procedural:objects", "--out", str(tmp_path), "--ig_method", "simpson"]
-    with pytest.raises(SystemExit, match="error: unknown integration method"):
-        attribution_figures.main(argv)
+    argv += ["--dataset", "procedural:objects", "--out", str(tmp_path), *extra]
+    with pytest.raises(SystemExit) as error:
+        figures.main(argv)  # every option is checked before the artifacts are read
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_figure_command_needs_both_artifacts(capsys):
+    with pytest.raises(SystemExit) as error:
+        figures.main(["--base", "b.npz", "--dataset", "procedural:objects", "--out", "o"])
+    assert error.value.code == 2
+    assert "error: flag --ft_artifact=None: Flag --ft_artifact must have a value" in (
+        capsys.readouterr().err
+    )

@@ -8,7 +8,10 @@ import pytest
 
 from tests.test_checkpoint import random_params
 from tests.torch_reference import torch
-from vpt_jax.analysis import attribution
+from vpt_jax.analysis.attribution.baselines import make_baseline
+from vpt_jax.analysis.attribution.gradcam import gradcam
+from vpt_jax.analysis.attribution.integrated_gradients import integrated_gradients
+from vpt_jax.analysis.attribution.quadrature import METHODS, integration_points
 from vpt_jax.models.checkpoint import load_pretrained, save_npz
 from vpt_jax.models.vit import VisionTransformer, ViTConfig
 
@@ -63,11 +66,11 @@ def rel_l2(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("method", attribution.METHODS)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("n_steps", [2, 7, 50])
 def test_integration_points_equal_captums(method, n_steps):
     step_sizes, alphas = captum_rules.approximation_parameters(method)
-    ours_alphas, ours_weights = attribution.integration_points(method, n_steps)
+    ours_alphas, ours_weights = integration_points(method, n_steps)
     np.testing.assert_allclose(ours_alphas, alphas(n_steps), atol=1e-7)
     np.testing.assert_allclose(ours_weights, step_sizes(n_steps), atol=1e-12)
 
@@ -86,11 +89,11 @@ def test_integrated_gradients_match_captum(models, method, baseline):
     ours, params, reference = models
     if baseline == "random":
         baseline = np.random.default_rng(1).uniform(-1, 1, IMAGES.shape).astype(np.float32)
-    result = attribution.integrated_gradients(
+    result = integrated_gradients(
         ours, params, IMAGES, TARGETS, baseline=baseline, n_steps=8, method=method, blur_sigma=2.0
     )
     # captum gets the very baseline we used (black, blur: built in model space by us).
-    ours_baseline = attribution.make_baseline(jnp.asarray(IMAGES), baseline, blur_sigma=2.0)
+    ours_baseline = make_baseline(jnp.asarray(IMAGES), baseline, blur_sigma=2.0)
     attributions, delta = captum_attr.IntegratedGradients(reference).attribute(
         nchw(IMAGES),
         baselines=nchw(np.asarray(ours_baseline)),
@@ -132,6 +135,6 @@ def test_gradcam_matches_a_hooked_timm_vit(models):
     )
     expected_maps = scale(up[:, 0]).numpy()
 
-    result = attribution.gradcam(ours, params, IMAGES, TARGETS)
+    result = gradcam(ours, params, IMAGES, TARGETS)
     assert rel_l2(result.raw, raw.numpy()) <= 1e-4
     np.testing.assert_allclose(result.maps, expected_maps, atol=1e-4)

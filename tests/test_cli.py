@@ -57,3 +57,24 @@ def test_commands_do_not_share_a_flag_registry():
     # Two commands defining the same flag names parse side by side in one process.
     assert cli.run("", _define, _body, ["--workdir=a"])[0] == "a"
     assert cli.run("", _define, _body, ["--workdir=b"])[0] == "b"
+
+
+def test_a_command_that_takes_only_flags_refuses_positional_arguments(capsys):
+    def body(values, rest):
+        cli.no_arguments(rest)
+        return values.workdir
+
+    assert cli.run("", _define, body, ["--workdir=w"]) == "w"
+    with pytest.raises(SystemExit) as e:
+        cli.run("", _define, body, ["--workdir=w", "stray", "words"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: unexpected arguments stray words; this command takes only flags, see --help\n"
+    )
+
+
+def test_one_line_keeps_the_first_and_last_line_of_a_wrapped_message():
+    wrapped = "flag --config=x.py: Error whilst parsing:\n\nTraceback ...\nValueError: bad arg"
+    assert cli.one_line(wrapped) == "flag --config=x.py: Error whilst parsing: ValueError: bad arg"
+    assert cli.one_line(KeyError("'lrr'\nDid you mean \"lr\"?")) == "'lrr' Did you mean \"lr\"?"
+    assert cli.one_line("one line") == "one line"

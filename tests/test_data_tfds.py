@@ -130,7 +130,7 @@ def test_prepare_command_prepares_what_get_dataset_reads(tmp_path, capsys) -> No
     assert source.num_examples == TEST
 
 
-def test_prepare_names_each_tfds_dataset_once() -> None:
+def test_prepare_names_each_tfds_dataset_once(capsys) -> None:
     every = prepare.builder_specs(["vtab"])
     assert len(every) == 16  # 19 tasks; clevr, dsprites and smallnorb serve two each
     assert every.count("clevr:3.*.*") == 1 and "kitti:3.2.0" in every
@@ -138,8 +138,15 @@ def test_prepare_names_each_tfds_dataset_once() -> None:
         "clevr:3.*.*",
         "beans",
     ]
-    with pytest.raises(SystemExit, match="error: cannot prepare 'cifar100'; name vtab"):
-        prepare.main(["cifar100"])
+    for names in (["cifar100"], ["procedural:count"], []):
+        with pytest.raises(SystemExit) as e:
+            prepare.main(names)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1
+        assert names == [] or f"error: cannot prepare {names[0]!r}; name vtab" in err
+    with pytest.raises(UserError, match="unknown VTAB-1k task 'cifar1000'"):
+        prepare.builder_specs(["vtab/cifar1000"])
 
 
 def test_prepare_without_the_manual_download_says_what_to_fetch(tmp_path) -> None:

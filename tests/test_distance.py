@@ -10,16 +10,14 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.fid_fixtures import TINY, counted, random_params, write_tiny_vit
-from vpt_jax.analysis import distance
-from vpt_jax.analysis.extractors import inception_extractor, vit_extractor
-from vpt_jax.analysis.features import vit_features_fn
-from vpt_jax.analysis.fid_table import read_distances_csv, write_distances_csv
-from vpt_jax.analysis.frechet import frechet_distance
-from vpt_jax.analysis.statistics import FeatureStatistics, load_statistics, save_statistics
-from vpt_jax.analysis.tasks import known_disparity, resolve_dataset_name, task_set
-from vpt_jax.data import get_dataset
+from vpt_jax.analysis.fid import distance, inception
+from vpt_jax.analysis.fid.extractors import inception_extractor, vit_extractor
+from vpt_jax.analysis.fid.features import vit_features_fn
+from vpt_jax.analysis.fid.frechet import frechet_distance
+from vpt_jax.analysis.fid.statistics import FeatureStatistics, load_statistics, save_statistics
+from vpt_jax.analysis.fid.table import read_distances_csv, write_distances_csv
+from vpt_jax.data import get_dataset, parse_dataset, parse_dataset_list
 from vpt_jax.errors import UserError
-from vpt_jax.models import inception
 from vpt_jax.models.checkpoint import (
     atomic_write_npz,
     config_from_checkpoint,
@@ -144,7 +142,7 @@ def test_vtab_and_imagenet_through_tfds_under_mock_data(extractor):
     with tfds.testing.mock_data(num_examples=6):
         reference = distance.reference_statistics("tfds:imagenet2012", extractor, num_images=6)
         rows = distance.dataset_distances(
-            task_set("cifar100,clevr_count"), reference, extractor, num_images=6
+            parse_dataset_list("cifar100,clevr_count"), reference, extractor, num_images=6
         )
     assert reference.num_samples == 6
     assert [(r.dataset, r.split, r.disparity) for r in rows] == [
@@ -165,6 +163,19 @@ def test_fid_table_csv_round_trips(tmp_path):
     assert read_distances_csv(tmp_path / "fid.csv") == rows
 
 
+def test_fid_table_without_groups_takes_them_from_the_names(tmp_path):
+    (tmp_path / "fid.csv").write_text(
+        "dataset,fid\nvtab/clevr_count,1.5\ncifar100,2\nprocedural:objects,3\nmy own set,4\n"
+    )
+    rows = read_distances_csv(tmp_path / "fid.csv")
+    assert [(r.dataset, r.group, r.disparity, r.fid) for r in rows] == [
+        ("vtab/clevr_count", "structured", "high", 1.5),
+        ("cifar100", "natural", "low", 2.0),  # a bare VTAB name, as the commands accept
+        ("procedural:objects", "natural", "low", 3.0),
+        ("my own set", "", "", 4.0),  # a name the data layer does not know: nothing to tell
+    ]
+
+
 def test_reference_statistics_from_a_file(extractor, tmp_path):
     rng = np.random.default_rng(0)
     stats = FeatureStatistics.from_features(rng.normal(size=(50, 32)))
@@ -181,21 +192,29 @@ def test_reference_statistics_from_a_file(extractor, tmp_path):
 
 
 def test_names_and_disparities():
-    assert resolve_dataset_name("pets") == "vtab/oxford_iiit_pet"
-    assert resolve_dataset_name("vtab/clevr_dist") == "vtab/clevr_distance"
-    assert resolve_dataset_name("folder:/data/../data/birds") == "folder:/data/birds"
-    assert known_disparity("vtab/dsprites_location") == "high"
-    assert known_disparity("vtab/patch_camelyon") == "low"
-    assert known_disparity("procedural:orientation") == "high"
-    assert known_disparity("tfds:imagenette") is None
-    assert len(task_set("vtab")) == 19
-    assert "procedural:pretrain" not in task_set("procedural")
-    assert task_set("procedural:count,clevr_count,procedural:count") == [
+    name = lambda text: str(parse_dataset(text, bare_vtab=True))
+    assert name("pets") == "vtab/oxford_iiit_pet"
+    assert name("vtab/clevr_dist") == "vtab/clevr_distance"
+    assert name("folder:/data/../data/birds") == "folder:/data/birds"
+    assert parse_dataset("vtab/dsprites_location").disparity == "high"
+    assert parse_dataset("vtab/patch_camelyon").disparity == "low"
+    assert parse_dataset("procedural:orientation").disparity == "high"
+    assert parse_dataset("tfds:imagenette").disparity is None
+    assert len(parse_dataset_list("vtab")) == 19
+    assert "procedural:pretrain" not in map(str, parse_dataset_list("procedural"))
+    assert list(map(str, parse_dataset_list("procedural:count,clevr_count,procedural:count"))) == [
         "procedural:count",
         "vtab/clevr_count",
     ]
     with pytest.raises(UserError, match="unknown dataset 'nope'"):
-        task_set("procedural,nope")
+        parse_dataset_list("procedural,nope")
+
+
+def test_opened_split_carries_the_parsed_name(extractor):
+    opened = distance.open_dataset("procedural:count", extractor, split="train8")
+    assert opened.name == parse_dataset("procedural:count")
+    assert (opened.dataset, opened.split) == ("procedural:count", "train8")
+    assert distance.open_dataset(opened.name, extractor).split == "train800val200"
 
 
 def test_errors_come_before_any_image_is_embedded(extractor, tmp_path):
@@ -240,7 +259,7 @@ def test_command_offline_writes_the_table_and_reuses_saved_reference(checkpoint,
     assert rows[0].fid == pytest.approx(frechet_distance(stats, reference))
 
 
-def test_command_errors_are_one_line(checkpoint, tmp_path):
+def test_command_errors_are_one_line(checkpoint, tmp_path, capsys):
     base = ["--tasks", "procedural:count", "--cache_dir", str(tmp_path)]
     cases = [
         (["--reference", "procedural:pretrain"], "--features inception needs --inception"),
@@ -251,9 +270,16 @@ def test_command_errors_are_one_line(checkpoint, tmp_path):
           checkpoint], "statistics file not found"),
         (["--reference", "procedural:pretrain", "--features", "vit", "--checkpoint",
           str(tmp_path / "no_vit.npz")], "checkpoint file not found"),
+        (["--features", "vit", "--checkpoint", checkpoint], "--reference must have a value"),
+        (["--reference", "imagenet", "--features", "vit", "--checkpoint", checkpoint],
+         "neither a statistics .npz (mu, sigma) nor a dataset name: unknown dataset 'imagenet'"),
+        (["--reference", "procedural:pretrain", "--features", "resnet"],
+         "flag --features=resnet: value should be one of <inception|vit>"),
+        (["--reference", "procedural:pretrain", "stray"], "unexpected arguments stray"),
     ]  # fmt: skip
     for args, message in cases:
         with pytest.raises(SystemExit) as error:
             distance.main(base + args)
-        text = str(error.value)
-        assert text.startswith("error: ") and message in text and "\n" not in text
+        text = capsys.readouterr().err
+        assert error.value.code == 2
+        assert text.startswith("error: ") and message in text and text.count("\n") == 1, text

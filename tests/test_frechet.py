@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from vpt_jax.analysis import frechet
-from vpt_jax.analysis.features import (
-    check_images,
+from vpt_jax.analysis.fid import frechet
+from vpt_jax.analysis.fid.features import (
     extract_features,
     fixed_size_batches,
     vit_features_fn,
     vit_inputs,
 )
-from vpt_jax.analysis.frechet import dataset_frechet_distance, frechet_distance
-from vpt_jax.analysis.statistics import (
+from vpt_jax.analysis.fid.frechet import dataset_frechet_distance, frechet_distance
+from vpt_jax.analysis.fid.statistics import (
     FeatureStatistics,
     StatisticsError,
     cached_statistics,
@@ -23,6 +22,7 @@ from vpt_jax.analysis.statistics import (
     load_statistics,
     save_statistics,
 )
+from vpt_jax.data.preprocess import check_images
 from vpt_jax.errors import UserError
 from vpt_jax.models.vit import VisionTransformer, init_params
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from vpt_jax import paths
-from vpt_jax.analysis.features import extract_features, inception_features_fn
-from vpt_jax.models import inception
+from vpt_jax.analysis.fid import inception, inception_weights
+from vpt_jax.analysis.fid.features import extract_features, inception_features_fn
 from vpt_jax.models.checkpoint import CheckpointError, atomic_write_npz
 
 
@@ -50,7 +50,7 @@ def numpy_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
     out = {}
     for name, shape in inception.variable_shapes().items():
         torch_shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape
-        out[inception.torch_name(name)] = rng.normal(size=torch_shape).astype(np.float32)
+        out[inception_weights.torch_name(name)] = rng.normal(size=torch_shape).astype(np.float32)
     return out
 
 
@@ -79,7 +79,7 @@ def test_features_match_pytorch_fid(torch, pth_file, tmp_path, monkeypatch):
     from pytorch_fid import inception as fid
 
     npz = tmp_path / "inception_fid.npz"
-    inception.main([str(pth_file), str(npz)])
+    inception_weights.main([str(pth_file), str(npz)])
     # pytorch-fid downloads its weights; hand it the random file instead.
     monkeypatch.setattr(
         fid, "load_state_dict_from_url", lambda *a, **k: torch.load(pth_file, weights_only=True)
@@ -99,9 +99,9 @@ def test_features_match_pytorch_fid(torch, pth_file, tmp_path, monkeypatch):
 
 def test_npz_and_pth_load_the_same_variables(torch, pth_file, tmp_path):
     npz = tmp_path / "inception_fid.npz"
-    inception.convert_pth_to_npz(pth_file, npz)
-    from_npz = paths.flatten(inception.load_variables(npz))
-    from_pth = paths.flatten(inception.load_variables(pth_file))
+    inception_weights.convert_pth_to_npz(pth_file, npz)
+    from_npz = paths.flatten(inception_weights.load_variables(npz))
+    from_pth = paths.flatten(inception_weights.load_variables(pth_file))
     assert from_npz.keys() == from_pth.keys() == inception.variable_shapes().keys()
     for name in from_npz:
         np.testing.assert_array_equal(from_npz[name], from_pth[name])
@@ -119,7 +119,7 @@ def test_conversion_needs_no_torch_for_arrays():
     state = numpy_state_dict()
     state["fc.weight"] = np.zeros((1008, 2048), np.float32)  # ignored: FID stops at pool3
     state["Conv2d_1a_3x3.bn.num_batches_tracked"] = np.zeros((), np.int64)
-    variables = inception.variables_from_state_dict(state)
+    variables = inception_weights.variables_from_state_dict(state)
     assert set(variables) == {"params", "batch_stats"}
     kernel = variables["params"]["Conv2d_1a_3x3"]["conv"]["kernel"]
     np.testing.assert_array_equal(kernel, state["Conv2d_1a_3x3.conv.weight"].transpose(2, 3, 1, 0))
@@ -131,49 +131,52 @@ def test_state_dict_problems_are_named():
     state["Mixed_5b.branch1x1.bn.running_mean"] = np.zeros(65, np.float32)
     state["AuxLogits.fc.weight"] = np.zeros((1000, 768), np.float32)  # torchvision's ImageNet net
     with pytest.raises(CheckpointError) as info:
-        inception.variables_from_state_dict(state, source="w.pth")
+        inception_weights.variables_from_state_dict(state, source="w.pth")
     message = str(info.value)
     assert "missing 1 (Mixed_7c.branch_pool.conv.weight)" in message
     assert "unexpected 1 (AuxLogits.fc.weight)" in message
     assert "mis-shaped 1 (Mixed_5b.branch1x1.bn.running_mean (65,) vs (64,))" in message
     assert "\n" not in message and message.startswith("w.pth is not pytorch-fid's")
     with pytest.raises(CheckpointError, match="w.pth holds a list, not a state dict"):
-        inception.variables_from_state_dict([1, 2], source="w.pth")
+        inception_weights.variables_from_state_dict([1, 2], source="w.pth")
 
 
-def test_bad_weight_files_raise(torch, tmp_path):
+def test_bad_weight_files_raise(torch, tmp_path, capsys):
     with pytest.raises(CheckpointError, match="Inception weight file not found: .*nope.pth"):
-        inception.load_variables(tmp_path / "nope.pth")
+        inception_weights.load_variables(tmp_path / "nope.pth")
     with pytest.raises(CheckpointError, match="checkpoint file not found: .*nope.npz"):
-        inception.load_variables(tmp_path / "nope.npz")
+        inception_weights.load_variables(tmp_path / "nope.npz")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x00not a torch file")
     with pytest.raises(CheckpointError, match="garbage.pth is not a loadable torch state dict"):
-        inception.load_variables(garbage)
+        inception_weights.load_variables(garbage)
     module = tmp_path / "module.pth"  # a whole pickled module: weights_only refuses to run it
     torch.save(torch.nn.Linear(2, 2), module)
     with pytest.raises(CheckpointError, match="module.pth is not a loadable torch state dict"):
-        inception.load_variables(module)
+        inception_weights.load_variables(module)
     tensors = tmp_path / "list.pth"
     torch.save([torch.zeros(2)], tensors)
     with pytest.raises(CheckpointError, match="list.pth holds a list, not a state dict"):
-        inception.load_variables(tensors)
-    with pytest.raises(SystemExit, match="error: Inception weight file not found"):
-        inception.main([str(tmp_path / "nope.pth"), str(tmp_path / "out.npz")])
+        inception_weights.load_variables(tensors)
+    with pytest.raises(SystemExit) as error:
+        inception_weights.main([str(tmp_path / "nope.pth"), str(tmp_path / "out.npz")])
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Inception weight file not found") and err.count("\n") == 1
     assert not (tmp_path / "out.npz").exists()
 
 
 def test_bad_npz_weights_raise(tmp_path):
-    flat = paths.flatten(inception.variables_from_state_dict(numpy_state_dict()))
+    flat = paths.flatten(inception_weights.variables_from_state_dict(numpy_state_dict()))
     del flat["params/Mixed_6e/branch7x7dbl_5/conv/kernel"]
     flat["params/head/kernel"] = np.zeros((2048, 10), np.float32)
     atomic_write_npz(tmp_path / "bad.npz", flat)
     with pytest.raises(CheckpointError) as info:
-        inception.load_variables(tmp_path / "bad.npz")
+        inception_weights.load_variables(tmp_path / "bad.npz")
     message = str(info.value)
     assert "missing 1 (params/Mixed_6e/branch7x7dbl_5/conv/kernel)" in message
     assert "unexpected 1 (params/head/kernel)" in message
-    assert "python -m vpt_jax.models.inception SRC.pth DST.npz" in message
+    assert "python -m vpt_jax.analysis.fid.inception_weights SRC.pth DST.npz" in message
 
 
 def test_network_shape_and_parameter_count():
@@ -186,3 +189,15 @@ def test_network_shape_and_parameter_count():
     images = jax.ShapeDtypeStruct((3, 123, 77, 3), jnp.uint8)  # any size: resized to 299x299
     features = jax.eval_shape(inception.InceptionV3().apply, paths.unflatten(abstract), images)
     assert features.shape == (3, inception.FEATURE_DIM)
+
+
+@pytest.mark.parametrize("argv", [[], ["only.pth"], ["a.pth", "b.npz", "c.npz"]])
+def test_converter_takes_exactly_two_files(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as error:
+        inception_weights.main(argv)
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: expected the arguments SRC.pth DST.npz; got ")
+        and err.count("\n") == 1
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -11,16 +10,15 @@ import numpy as np
 import pytest
 
 from vpt_jax import paths
-from vpt_jax.models.prompts import PromptedEncoder, prompt_init_bound
+from vpt_jax.models.additions import Prompts, prompt_init_bound
 from vpt_jax.models.vit import VisionTransformer, init_params
 
 P = 3
 
 
-def prompted(config, p=P, **kwargs) -> VisionTransformer:
-    return VisionTransformer(
-        config, 5, encoder=functools.partial(PromptedEncoder, num_prompts=p, **kwargs)
-    )
+def prompted(config, p=P, deep=False, prompt_dropout=0.0, prompt_dim=None) -> VisionTransformer:
+    prompts = Prompts(p, deep=deep, dropout=prompt_dropout, dim=prompt_dim)
+    return VisionTransformer(config, 5, additions=(prompts,))
 
 
 def random_prompted_params(model, seed=0):

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
 
 from tests.fid_fixtures import write_tiny_vit
-from vpt_jax.analysis import distance, quadrants
-from vpt_jax.analysis.extractors import vit_extractor
-from vpt_jax.analysis.fid_table import DatasetDistance, read_distances_csv, write_distances_csv
-from vpt_jax.analysis.tasks import task_set
+from vpt_jax.analysis import quadrants
+from vpt_jax.analysis.fid import distance
+from vpt_jax.analysis.fid.extractors import vit_extractor
+from vpt_jax.analysis.fid.table import DatasetDistance, read_distances_csv, write_distances_csv
+from vpt_jax.data import parse_dataset_list
 from vpt_jax.errors import UserError
 
 
@@ -27,7 +29,11 @@ def procedural_fid_csv(tmp_path_factory) -> str:
     extractor = vit_extractor(write_tiny_vit(directory / "vit_tiny.npz"))
     reference = distance.reference_statistics("procedural:pretrain", extractor, num_images=24)
     rows = distance.dataset_distances(
-        task_set("procedural"), reference, extractor, num_images=24, reference_name="pretrain"
+        parse_dataset_list("procedural"),
+        reference,
+        extractor,
+        num_images=24,
+        reference_name="pretrain",
     )
     write_distances_csv(directory / "fid.csv", rows)
     return str(directory / "fid.csv")
@@ -147,7 +153,7 @@ def test_command_draws_figure_and_table_from_procedural_data(procedural_fid_csv,
     threshold = float(np.median(list(fids.values())))
     with open(tmp_path / "figs" / "quadrants.csv") as f:
         table = {r["task"]: r for r in csv.DictReader(f)}
-    assert set(table) == set(fids) == set(task_set("procedural"))
+    assert set(table) == set(fids) == set(map(str, parse_dataset_list("procedural")))
     expected_winner = {
         "procedural:objects": "VPT",
         "procedural:textures": "FT",
@@ -171,7 +177,17 @@ def test_command_draws_figure_and_table_from_procedural_data(procedural_fid_csv,
     assert markdown in capsys.readouterr().out
 
 
-def test_command_errors_are_one_line(tmp_path):
+def test_names_in_results_and_labels(tmp_path):
+    assert quadrants.canonical_task(" pets ") == "vtab/oxford_iiit_pet"
+    assert quadrants.canonical_task("folder:birds") == f"folder:{os.path.abspath('birds')}"
+    assert quadrants.canonical_task(" my own task ") == "my own task"  # kept as given
+    assert quadrants.task_label("vtab/oxford_iiit_pet") == "oxford_iiit_pet"
+    assert quadrants.task_label("procedural:count") == "count"
+    assert quadrants.task_label("tfds:eurosat/rgb") == "eurosat/rgb"
+    assert quadrants.task_label("my own task") == "my own task"
+
+
+def test_command_errors_are_one_line(tmp_path, capsys):
     write_distances_csv(tmp_path / "fid.csv", [row("vtab/dtd", 3.0, "low")])
     (tmp_path / "text.csv").write_text("task,score\ndtd,3\n")
     cases = [
@@ -180,10 +196,25 @@ def test_command_errors_are_one_line(tmp_path):
         (["--fid", str(tmp_path / "fid.csv"), "--disparity", "dtd"], "--disparity takes TASK="),
         (["--fid", str(tmp_path / "fid.csv"), "--results", str(tmp_path / "r.json")],
          "results file not found"),
+        (["--fid", str(tmp_path / "fid.csv"), "--fid_threshold", "x"],
+         "flag --fid_threshold=x: could not convert string to float"),
+        ([], "--fid must have a value"),
     ]  # fmt: skip
     for args, message in cases:
         with pytest.raises(SystemExit) as error:
             quadrants.main([*args, "--out", str(tmp_path / "q.png")])
-        text = str(error.value)
-        assert text.startswith("error: ") and message in text and "\n" not in text
+        text = capsys.readouterr().err
+        assert error.value.code == 2
+        assert text.startswith("error: ") and message in text and text.count("\n") == 1, text
     assert not (tmp_path / "q.png").exists()
+
+
+def test_command_takes_repeated_disparities(tmp_path, capsys):
+    rows = [row("folder:/x", 3.0), row("tfds:y", 4.0), row("vtab/dtd", 5.0, "low")]
+    write_distances_csv(tmp_path / "fid.csv", rows)
+    argv = ["--fid", str(tmp_path / "fid.csv"), "--out", str(tmp_path / "q.png")]
+    quadrants.main([*argv, "--disparity", "folder:/x=high", "--disparity=tfds:y=low"])
+    with open(tmp_path / "q.csv") as f:
+        disparities = {r["task"]: r["disparity"] for r in csv.DictReader(f)}
+    assert disparities == {"folder:/x": "high", "tfds:y": "low", "vtab/dtd": "low"}
+    assert "wrote" in capsys.readouterr().out

@@ -13,9 +13,10 @@ import sys
 import pytest
 
 from tests.test_train import ROOT, TINY
+from vpt_jax.errors import UserError
 from vpt_jax.models.checkpoint import save_npz
 from vpt_jax.models.vit import VisionTransformer, init_params
-from vpt_jax.study import protocol
+from vpt_jax.study import planning, protocol
 from vpt_jax.study.protocol import RunSpec
 from vpt_jax.study.runner import run_study
 from vpt_jax.study.store import StudyStore
@@ -93,10 +94,9 @@ def test_tiny_study_selection_seed_averaging_and_report(tmp_path, base):
         png = (tmp_path / "report" / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     results = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert set(results) == {"location", "objects"} and set(results["location"]) == {
-        "full",
-        "vpt_deep",
-    }
+    # Keyed like the distance command's FID tables, so the quadrant figure matches them up.
+    assert set(results) == {"procedural:location", "procedural:objects"}
+    assert set(results["procedural:location"]) == {"full", "vpt_deep"}
 
 
 def test_selection_rule_ties_go_to_the_smaller_lr():
@@ -111,7 +111,7 @@ def test_selection_rule_ties_go_to_the_smaller_lr():
     assert protocol.select([(spec(50, 0), nan), (spec(0.1, 0), 0.2)]).lr == 0.1
 
 
-def test_report_on_a_partial_study_says_what_is_missing(tmp_path, base):
+def test_report_on_a_partial_study_says_what_is_missing(tmp_path, base, capsys):
     config = small_study(base, datasets=("procedural:location",), strategies=("vpt_deep",))
     config.study.grids.prompt.lrs = (0.5,)
     config.study.grids.prompt.weight_decays = (0.0, 0.001)
@@ -128,6 +128,18 @@ def test_report_on_a_partial_study_says_what_is_missing(tmp_path, base):
     assert report["waiting"]  # the finals are unknown until the grid is complete
     text = (tmp_path / "report" / "results.md").read_text()
     assert "**Incomplete:** 1 known runs missing" in text
+    # The report command prints the same, and refuses a directory that holds no study.
+    from vpt_jax.study.report import main as report_main
+
+    report_main(["--workdir", str(tmp_path)])
+    assert "**Incomplete:** 1 known runs missing" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        report_main(["--workdir", str(tmp_path / "report")])
+    assert e.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: {tmp_path / 'report'} is not a study directory (no study.json)\n"
+    )
 
 
 def _study_cmd(workdir, base, *extra):
@@ -206,3 +218,59 @@ def read_records_done(workdir):
         if "study_run.json" in files and "result.json" in files:
             out.append((_load(root, "study_run.json"), None))
     return out
+
+
+def test_ft_then_pt_waits_for_and_inherits_the_selected_ft_setting(tmp_path, base):
+    config = small_study(base, datasets=("procedural:location",), strategies=("full", "ft_then_pt"))
+    config.study.grids.finetune.lrs = (0.01,)  # 2 FT grid points (weight decays 0 and 0.001)
+    config.study.grids.prompt.lrs = (0.5,)
+    config.study.grids.prompt.weight_decays = (0.0,)
+    config.study.final.seeds = (1,)
+    config.run.ft_stage.epochs = 1
+    store = StudyStore(str(tmp_path))
+    specs, waiting = planning.plan(config, store)
+    # Before FT's grid is done, FT-then-PT's grid is unknown: the study says it waits.
+    assert waiting and {s.strategy for s in specs} == {"full"}
+    run_study(config, str(tmp_path))
+    recs = read_records(tmp_path)
+    ft_final = [s for s, _ in recs if s["strategy"] == "full" and s["phase"] == "final"]
+    chained = [s for s, _ in recs if s["strategy"] == "ft_then_pt"]
+    assert len(ft_final) == 1 and len(chained) == 2  # its grid point and its final run
+    for s in chained:
+        assert (s["ft_lr"], s["ft_weight_decay"]) == (
+            ft_final[0]["lr"],
+            ft_final[0]["weight_decay"],
+        )
+    assert planning.plan(config, store) == (planning.plan(config, store)[0], False)
+
+
+def test_without_ft_in_the_study_ft_then_pt_uses_the_ft_stage_template(tmp_path, base):
+    config = small_study(base, strategies=("ft_then_pt",))
+    config.run.ft_stage.lr, config.run.ft_stage.weight_decay = 0.003, 0.0002
+    specs = protocol.search_specs(config.study, {})
+    assert specs == []  # a multi-stage grid waits for its earlier stage's setting...
+    specs, waiting = planning.plan(config, StudyStore(str(tmp_path)))
+    assert len(specs) == 2 * 2 * 2  # 2 datasets x (2 lrs x 2 wds), known at once
+    assert {(s.ft_lr, s.ft_weight_decay) for s in specs} == {(0.003, 0.0002)}  # ...the template's
+    assert waiting  # only the finals wait (for the grid's results)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"datasets": ("procedural:location", "procedural:nope")},
+            "unknown procedural task 'nope'",
+        ),
+        ({"strategies": ("full", "partial")}, "strategy 'partial' needs 1 <= k <= 2"),
+    ],
+)
+def test_a_mistake_in_any_run_of_a_study_fails_before_the_first_run(
+    tmp_path, base, overrides, message
+):
+    config = small_study(base, **overrides)
+    if "partial" in config.study.strategies:
+        config.run.strategy.partial_k = 3  # deeper than the 2-block checkpoint
+    with pytest.raises(UserError, match=message):
+        run_study(config, str(tmp_path))
+    assert not os.path.exists(tmp_path / "runs")

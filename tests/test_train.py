@@ -18,7 +18,8 @@ from vpt_jax.errors import UserError
 from vpt_jax.models import precision
 from vpt_jax.models.checkpoint import save_npz
 from vpt_jax.models.vit import VisionTransformer, ViTConfig, init_params
-from vpt_jax.train import loop, records
+from vpt_jax.train import records, run, stage, step
+from vpt_jax.train.setup import build_run
 from vpt_jax.tuning.artifact import load_artifact
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,11 +158,11 @@ def test_four_devices_match_one_device(tmp_path, base_checkpoint):
 )
 def test_config_errors_fail_before_any_work(tmp_path, base_checkpoint, overrides, message):
     c = tiny_config(base_checkpoint, **overrides)
-    loop.TRACE_COUNTS.clear()
+    step.train_on_indices.clear_cache()
     with pytest.raises(UserError) as e:
-        loop.train_and_evaluate(c, str(tmp_path / "run"))
+        run.train_and_evaluate(c, str(tmp_path / "run"))
     assert message in str(e.value) and "\n" not in str(e.value)
-    assert loop.TRACE_COUNTS["train_step"] == 0
+    assert step.train_on_indices._cache_size() == 0  # nothing was traced
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -174,7 +175,7 @@ def test_bf16_precision_switch_reaches_the_model_and_trains_like_float32(
     results = {}
     for mode in ("float32", "bf16"):
         c = tiny_config(base_checkpoint, **{"train.epochs": 2, "model.precision": mode})
-        results[mode] = loop.train_and_evaluate(c, str(tmp_path / mode))["final"]
+        results[mode] = run.train_and_evaluate(c, str(tmp_path / mode))["final"]
         assert bool(calls) == (mode == "bf16")  # bf16 on CPU: the bf16-matmul custom VJP
     assert results["bf16"]["test40_loss"] == pytest.approx(
         results["float32"]["test40_loss"], rel=0.02
@@ -185,7 +186,7 @@ GRID_SCRIPT = """
 import sys
 import jax
 from vpt_jax.main import _enable_compilation_cache
-from vpt_jax.train import loop
+from vpt_jax.train import run
 sys.path.insert(0, "tests")
 from test_train import tiny_config
 
@@ -193,33 +194,41 @@ hits = []
 jax.monitoring.register_event_listener(lambda name, **_: hits.append(name))
 _enable_compilation_cache()  # as the command line does (VPT_JAX_COMPILATION_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-for i, (lr, wd) in enumerate(((0.5, 0.0), (0.05, 1e-3))):  # two runs of a grid search
+grid = [(float(lr), float(wd)) for lr, wd in (p.split(",") for p in sys.argv[3:])]
+for i, (lr, wd) in enumerate(grid):  # runs of a grid search, in this process
     hits.clear()
     overrides = {"optimizer.lr": lr, "optimizer.weight_decay": wd, "train.epochs": 1}
-    loop.train_and_evaluate(tiny_config(sys.argv[1], **overrides), sys.argv[2] + str(i))
+    run.train_and_evaluate(tiny_config(sys.argv[1], **overrides), sys.argv[2] + str(i))
     print(*(hits.count(f"/jax/compilation_cache/cache_{k}") for k in ("misses", "hits")))
 """
 
 
 def test_the_runs_of_a_grid_search_share_compiled_programs(tmp_path, base_checkpoint):
     env = dict(os.environ, JAX_PLATFORMS="cpu", VPT_JAX_COMPILATION_CACHE=str(tmp_path / "xla"))
-    proc = subprocess.run(
-        [sys.executable, "-c", GRID_SCRIPT, base_checkpoint, str(tmp_path / "run")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    first, second = ([int(n) for n in line.split()] for line in proc.stdout.splitlines()[-2:])
+
+    def grid(workdir, *points):
+        proc = subprocess.run(
+            [sys.executable, "-c", GRID_SCRIPT, base_checkpoint, str(tmp_path / workdir), *points],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return [[int(n) for n in line.split()] for line in proc.stdout.splitlines()[-len(points) :]]
+
+    first, second = grid("run", "0.5,0.0", "0.05,0.001")
     assert first[0] > 0  # (misses, hits): the first run compiles
     # lr and weight decay are optimizer state, so the second run's train and eval steps are the
-    # same programs: served by the persistent cache, nothing compiled again.
-    assert second[0] == 0 and second[1] >= 2, proc.stdout
+    # same programs: reused in-process, nothing compiled again (nor even looked up on disk).
+    assert second == [0, 0], second
+    # In a new process (another worker of the study), the persistent cache serves them.
+    (third,) = grid("other", "0.1,0.0001")
+    assert third[0] == 0 and third[1] >= 2, third
 
 
 def test_batch_not_divisible_by_devices():
     c = config_lib.base_config()
     c.train.batch_size = 30
     with pytest.raises(UserError, match="train.batch_size=30 is not divisible by the 4 devices"):
-        config_lib.validate(c, num_devices=4)
+        build_run(c, num_devices=4)
 
 
 def test_cli_reports_user_errors_in_one_line(tmp_path, base_checkpoint):
@@ -230,34 +239,50 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, base_checkpoint):
         == "error: optimizer.lr must be a positive number, got -1.0"
     )
     misspelled = cli(tmp_path / "run2", base_checkpoint, "--config.optimizer.lrr=1")
-    assert misspelled.returncode != 0 and "lrr" in misspelled.stderr
+    assert misspelled.returncode == 2 and "lrr" in misspelled.stderr
+    assert misspelled.stderr.strip().splitlines()[-1].startswith("error: bad flag: 'lrr' Did you")
+    missing = subprocess.run(
+        [sys.executable, "-m", "vpt_jax.main", "--config", "tests/configs/nope.py", "--workdir=w"],
+        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+    )  # fmt: skip
+    last = missing.stderr.strip().splitlines()[-1]
+    assert missing.returncode == 2 and last.startswith("error: --config: ") and "nope.py" in last
 
 
 def test_train_step_compiles_once_and_workdir_config_is_guarded(tmp_path, base_checkpoint):
-    loop.TRACE_COUNTS.clear()
+    step.train_on_indices.clear_cache()
+    step.accumulate_eval.clear_cache()
     c = tiny_config(base_checkpoint, **{"train.epochs": 3})
-    result = loop.train_and_evaluate(c, str(tmp_path / "run"))
-    assert loop.TRACE_COUNTS["train_step"] == 1  # 3 epochs x 4 steps, one trace
+    result = run.train_and_evaluate(c, str(tmp_path / "run"))
+    assert step.train_on_indices._cache_size() == 1  # 3 epochs x 4 steps, one trace
+    assert step.accumulate_eval._cache_size() == 1  # two eval splits of one batch shape
     assert 0 <= result["final"]["test40_top1"] <= 1
+    # Another point of the grid (lr, weight decay are optimizer state) reuses the same programs.
+    grid_point = tiny_config(base_checkpoint, **{"train.epochs": 3, "optimizer.lr": 0.05})
+    run.train_and_evaluate(grid_point, str(tmp_path / "run2"))
+    assert step.train_on_indices._cache_size() == 1
+    assert step.accumulate_eval._cache_size() == 1
     other = tiny_config(base_checkpoint, **{"train.epochs": 4})
     with pytest.raises(UserError, match="holds a run with another config"):
-        loop.train_and_evaluate(other, str(tmp_path / "run"))
+        run.train_and_evaluate(other, str(tmp_path / "run"))
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
-    tmp_path, base_checkpoint, monkeypatch
+    tmp_path, base_checkpoint, monkeypatch, request
 ):
-    real_step = loop.train_step
+    real_step = step.train_step
 
     def diverging_step(state, batch, **kwargs):
         new_state, metrics = real_step(state, batch, **kwargs)
         loss = jnp.where(state.step >= 8, jnp.nan, metrics["loss"])  # epoch 3 (4 steps/epoch)
         return new_state, dict(metrics, loss=loss)
 
-    monkeypatch.setattr(loop, "train_step", diverging_step)
+    monkeypatch.setattr(step, "train_step", diverging_step)
+    step.train_on_indices.clear_cache()  # the patched step must be traced, not a cached one
+    request.addfinalizer(step.train_on_indices.clear_cache)  # and never reused by later tests
     c = tiny_config(base_checkpoint, **{"train.epochs": 4})
-    with pytest.raises(loop.TrainingDiverged) as e:
-        loop.train_and_evaluate(c, str(tmp_path / "run"))
+    with pytest.raises(stage.TrainingDiverged) as e:
+        run.train_and_evaluate(c, str(tmp_path / "run"))
     msg = str(e.value)
     assert "the loss is nan in epoch 3" in msg and "last good checkpoint (epoch 2)" in msg
     steps = sorted(os.listdir(tmp_path / "run" / "checkpoints" / "stage0"))
@@ -267,7 +292,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
 
 def test_ft_then_pt_runs_both_stages(tmp_path, base_checkpoint):
     c = tiny_config(base_checkpoint, **{"strategy.name": "ft_then_pt", "ft_stage.epochs": 1})
-    result = loop.train_and_evaluate(c, str(tmp_path / "run"))
+    result = run.train_and_evaluate(c, str(tmp_path / "run"))
     rows = records.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     assert [(r["stage"], r["epoch"]) for r in rows] == [(0, 1), (1, 1), (1, 2)]
     # Stage 2 keeps stage 1's finetuned backbone frozen; the artifact carries it with the prompts.

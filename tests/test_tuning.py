@@ -13,6 +13,7 @@ import pytest
 
 from vpt_jax import paths
 from vpt_jax.errors import UserError
+from vpt_jax.models.additions import Prompts
 from vpt_jax.models.vit import init_params
 from vpt_jax.train.step import TrainState, train_step
 from vpt_jax.tuning.rules import (
@@ -178,7 +179,8 @@ def test_unknown_strategy_and_bad_arguments():
 def test_ft_then_pt_has_two_stages(tiny_config):
     strategy = get_strategy("ft_then_pt", num_prompts=2)
     assert [s.name for s in strategy.stages] == ["full", "vpt_deep"]
-    assert strategy.final.num_prompts == 2 and not strategy.final.backbone_dropout
+    assert strategy.final.additions == (Prompts(2, deep=True),)
+    assert not strategy.final.backbone_dropout
     assert strategy.stages[0].backbone_dropout
 
 

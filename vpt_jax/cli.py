@@ -33,6 +33,14 @@ def fail(message: str) -> None:
     sys.exit(EXIT_USER_ERROR)
 
 
+def no_arguments(rest: Sequence[str]) -> None:
+    """Raises `UserError` for positional arguments given to a command that takes only flags."""
+    if rest:
+        raise UserError(
+            f"unexpected arguments {' '.join(rest)}; this command takes only flags, see --help"
+        )
+
+
 def parse(
     define: Callable[[flags.FlagValues], None], argv: Sequence[str], *, doc: str = ""
 ) -> tuple[flags.FlagValues, list[str]]:
@@ -49,8 +57,23 @@ def parse(
     try:
         rest = values(list(argv))
     except flags.Error as e:
-        raise UserError(f"{e}; see --help") from None
+        raise UserError(f"{one_line(e)}; see --help") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # A flag parser that rejects a value with its own exception (ml_collections' config
+        # overrides: a misspelled --config.x.y or a value of the wrong type).
+        raise UserError(f"bad flag: {one_line(e)}; see --help") from None
     return values, rest[1:]
+
+
+def one_line(error: BaseException | str) -> str:
+    """A multi-line message (a wrapped traceback, say) as one line: its first and last lines."""
+    text = str(error)
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a repr'd message (KeyError)
+        text = text[1:-1].replace("\\n", "\n").replace("\\'", "'")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
 
 
 def run(

@@ -1,24 +1,20 @@
-"""The run configuration: one ml_collections ConfigDict, every field commented, validated up front.
+"""The run configuration: one ml_collections ConfigDict of settings, every field commented.
 
 Config files in `configs/` start from `base_config()` and set what differs; the CLI locks the result,
-so a misspelled `--config.x.y=...` override fails. `validate` raises a one-line `UserError` for every
-mistake it can see before any data is read or anything compiled.
+so a misspelled `--config.x.y=...` override fails. This module holds settings and value checks only
+(`check`): what the settings build (the backbone, the strategy, the optimizers, the data) is built
+once per run by `vpt_jax.train.setup`, which also reports every mistake in a name.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any
 
 import ml_collections
 
 from vpt_jax.errors import UserError
-from vpt_jax.models.precision import check_precision
-from vpt_jax.models.vit import ViTConfig
-from vpt_jax.tuning.strategies import STRATEGIES, Strategy, get_strategy
 
-# The paper's optimizer per strategy: AdamW for finetuning, SGD (momentum 0.9) for everything else.
+# The optimizers (vpt_jax.train.optimizer); each strategy names the paper's (AdamW for FT, else SGD).
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -103,85 +99,12 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def vit_config(c: ml_collections.ConfigDict, checkpoint_flat: dict | None = None) -> ViTConfig:
-    """The backbone's `ViTConfig` from the `model` section (`variant="auto"` reads the checkpoint)."""
-    common = dict(
-        image_size=c.model.image_size,
-        gelu_approximate=c.model.gelu_approximate,
-        dropout_rate=c.model.dropout_rate,
-        attention_dropout_rate=c.model.attention_dropout_rate,
-        precision=c.model.precision,
-    )
-    if c.model.variant == "auto":
-        if checkpoint_flat is None:
-            raise UserError("model.variant='auto' reads the widths from model.checkpoint; set one")
-        return dataclasses.replace(widths_from_checkpoint(checkpoint_flat), **common)
-    if c.model.variant == "custom":
-        m = c.model
-        widths = (m.patch_size, m.hidden_size, m.num_layers, m.num_heads, m.mlp_dim)
-        if min(widths) < 1 or m.hidden_size % m.num_heads or m.image_size % m.patch_size:
-            raise UserError(
-                "model.variant='custom' needs positive widths, hidden_size divisible by num_heads "
-                f"and image_size divisible by patch_size; got {widths}, image_size {m.image_size}"
-            )
-        return ViTConfig(*widths, **common)
-    try:
-        return ViTConfig.from_variant(c.model.variant, **common)
-    except ValueError as e:
-        raise UserError(f"model.variant: {e}") from None
+def check(c: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Raises a one-line `UserError` for every value the settings alone show to be wrong.
 
-
-def widths_from_checkpoint(flat: dict) -> ViTConfig:
-    """The architecture a canonical flat checkpoint holds (see `models.checkpoint.to_canonical`)."""
-    query = flat["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"]
-    layers = len({k.split("/")[1] for k in flat if k.startswith("Transformer/encoderblock_")})
-    return ViTConfig(
-        patch_size=int(flat["embedding/kernel"].shape[0]),
-        hidden_size=int(query.shape[0]),
-        num_layers=layers,
-        num_heads=int(query.shape[1]),
-        mlp_dim=int(flat["Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"].shape[1]),
-    )
-
-
-def strategy(c: ml_collections.ConfigDict, num_layers: int) -> Strategy:
-    """The `Strategy` the `strategy` section describes."""
-    s = c.strategy
-    if s.name == "custom":
-        if not s.rules:
-            raise UserError("strategy 'custom' needs strategy.rules: ((regex, label), ...)")
-        return Strategy(
-            "custom",
-            tuple((str(p), str(label)) for p, label in s.rules),
-            backbone_dropout=s.backbone_dropout,
-        )
-    if s.rules:
-        raise UserError(f"strategy.rules is only read by strategy 'custom' (not {s.name!r})")
-    return get_strategy(
-        s.name,
-        num_prompts=s.num_prompts,
-        prompt_dropout=s.prompt_dropout,
-        prompt_dim=s.prompt_dim or None,
-        partial_k=s.partial_k,
-        num_layers=num_layers,
-        mlp_hidden=tuple(s.mlp_hidden),
-        lora_rank=s.lora_rank,
-        lora_alpha=s.lora_alpha,
-    )
-
-
-def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Raises a one-line `UserError` for every config mistake visible without reading data."""
-    if c.strategy.name not in (*STRATEGIES, "custom"):
-        raise UserError(
-            f"unknown strategy {c.strategy.name!r}; use one of: {', '.join(STRATEGIES)}, custom"
-        )
-    try:
-        check_precision(c.model.precision)
-    except ValueError as e:
-        raise UserError(f"model.precision: {e}") from None
-    if c.model.variant != "auto":
-        vit_config(c)  # raises for an unknown variant or bad custom widths
+    Names (the variant, strategy, precision, normalisation, dataset) are checked where they are
+    built, once per run, in `vpt_jax.train.setup`.
+    """
     for name, value in (("optimizer.lr", c.optimizer.lr), ("ft_stage.lr", c.ft_stage.lr)):
         if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
             raise UserError(f"{name} must be a positive number, got {value}")
@@ -206,21 +129,5 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> None:
                 f"train.{name}={c.train[name]} is not divisible by the {num_devices} devices; "
                 f"use a multiple of {num_devices}"
             )
-    if c.data.normalization not in ("inception", "imagenet"):
-        raise UserError(
-            f"data.normalization is inception or imagenet, not {c.data.normalization!r}"
-        )
     if not c.data.eval_splits and not c.data.train_split:
         raise UserError("data.train_split is empty")
-    strategy(c, num_layers=_depth(c))  # strategy arguments (prompt length, k, rank, rules)
-
-
-def _depth(c: ml_collections.ConfigDict) -> int:
-    if c.model.variant == "auto":
-        return 10**6  # unknown until the checkpoint is read; partial_k is checked again then
-    return vit_config(c).num_layers
-
-
-def to_dict(c: ml_collections.ConfigDict) -> dict[str, Any]:
-    """A JSON-serialisable copy (tuples become lists)."""
-    return c.to_dict()

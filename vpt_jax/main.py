@@ -13,19 +13,25 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from vpt_jax import cli
 from vpt_jax.errors import UserError
 from vpt_jax.runtime import allocator_description, use_fast_allocator
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Config file, optionally with an argument: configs/vtab.py:task=dtd",
-    lock_config=True,
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for this run's (or study's) records.")
+
+def _define(values: flags.FlagValues) -> None:
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Config file, optionally with an argument: configs/vtab.py:task=dtd",
+        flag_values=values,
+        lock_config=True,
+    )
+    flags.DEFINE_string(
+        "workdir", None, "Directory for this run's (or study's) records.", flag_values=values
+    )
 
 
 def setup_logging() -> None:
@@ -40,10 +46,13 @@ def setup_logging() -> None:
     root.propagate = False
 
 
-def _main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    config, workdir = _CONFIG.value, _WORKDIR.value
+def _main(values: flags.FlagValues, rest: list[str]) -> None:
+    cli.no_arguments(rest)
+    config, workdir = values.config, values.workdir
+    try:
+        kind = config.kind if config is not None else None
+    except OSError as e:  # the config file did not load (ml_collections reports it on first use)
+        raise UserError(f"--config: {cli.one_line(e)}") from None
     if config is None or not workdir:
         raise UserError(
             "both --config and --workdir are required, e.g. --config configs/demo.py --workdir runs/demo"
@@ -60,16 +69,16 @@ def _main(argv: list[str]) -> None:
             config.distributed.num_processes,
             config.distributed.process_id,
         )
-    if config.kind == "run":
-        from vpt_jax.train.loop import train_and_evaluate
+    if kind == "run":
+        from vpt_jax.train.run import train_and_evaluate
 
         train_and_evaluate(config, workdir)
-    elif config.kind == "study":
+    elif kind == "study":
         from vpt_jax.study.runner import run_study
 
         run_study(config, workdir)
     else:
-        raise UserError(f"config kind {config.kind!r} is not run or study")
+        raise UserError(f"config kind {kind!r} is not run or study")
 
 
 def _enable_compilation_cache() -> None:
@@ -87,18 +96,15 @@ def _hide_accelerators_from_tensorflow() -> None:
     import vpt_jax.data.host_tf  # noqa: F401 - importing it hides them
 
 
-def main(argv: list[str]) -> None:
-    try:
-        _main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def main(argv: list[str] | None = None) -> None:
+    """Runs the command line (`argv` without the program name; None reads `sys.argv`)."""
+    cli.run(__doc__, _define, _main, argv, prog="python -m vpt_jax.main")
 
 
 def run() -> None:
     """Console entry point (`vpt-jax`)."""
     use_fast_allocator()  # re-executes under the allocator settings XLA:CPU needs (runtime.py)
-    app.run(main)
+    main()
 
 
 if __name__ == "__main__":

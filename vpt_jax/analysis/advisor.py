@@ -1,16 +1,8 @@
 """VPT or FT for my dataset? The study's findings applied to a dataset's distance, objective and size.
 
-Han et al. (ICLR 2024) find, on the 19 VTAB-1k tasks with limited data (800 training images):
-
-* VPT is preferable when the downstream objective is far from the pretraining objective (high task
-  disparity: counting, distances, positions, orientations), whatever the data distribution;
-* with a classification-like objective (low disparity), VPT is preferable when the data distribution
-  is similar to the pretraining data (low FID), FT when it is dissimilar: VPT wins 3 of 4 quadrants;
-* as the training set grows the FT-VPT gap narrows and FT often overtakes VPT (their data-scaling
-  study: FT surpassed VPT in 9 of the 12 plotted cases).
-
-`recommend` turns these into a rule (`FINDINGS` names the one that drives each answer); `advise`
-measures the dataset's FID to the reference, derives the similarity threshold, and applies it.
+`advise` measures the dataset's FID to the reference, derives the similarity threshold, and applies
+the paper's findings (`vpt_jax.analysis.findings.recommend`: high task disparity -> VPT; low
+disparity -> VPT for similar distributions, FT for dissimilar ones; FT catches up with much data).
 
 The FID threshold separating similar from dissimilar is, by default, the median FID of anchor tasks
 measured in the same setting (reference, feature space, image count): the VTAB tasks (procedural
@@ -27,133 +19,32 @@ FID table (`--fid_table`, its median) to fix it.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
 from collections.abc import Sequence
 
-from vpt_jax.analysis import distance
-from vpt_jax.analysis.extractors import FeatureExtractor, extractor_from_args
-from vpt_jax.analysis.fid_table import read_distances_csv
-from vpt_jax.analysis.frechet import frechet_distance
-from vpt_jax.analysis.quadrants import (
-    DISSIMILAR,
-    SIMILAR,
-    median_threshold,
-    quadrant_name,
-    similarity,
+from absl import flags
+
+from vpt_jax import cli
+from vpt_jax.analysis.fid import distance
+from vpt_jax.analysis.fid.extractors import FeatureExtractor, extractor_from_flags
+from vpt_jax.analysis.fid.frechet import frechet_distance
+from vpt_jax.analysis.fid.statistics import FeatureStatistics
+from vpt_jax.analysis.fid.table import read_distances_csv
+from vpt_jax.analysis.findings import (
+    FINDINGS,
+    LARGE_DATA,
+    PAPER,
+    PAPER_TITLE,
+    Recommendation,
+    recommend,
 )
-from vpt_jax.analysis.statistics import FeatureStatistics
-from vpt_jax.analysis.tasks import (
-    DISPARITIES,
-    known_disparity,
-    resolve_dataset_name,
-    task_group,
-    task_set,
-)
+from vpt_jax.analysis.quadrants import median_threshold
+from vpt_jax.data import DISPARITIES, DatasetName, parse_dataset, parse_dataset_list
 from vpt_jax.errors import UserError
-
-LARGE_DATA = 10_000  # training images from which FT is expected to catch up: ~10x VTAB-1k's 800
-NEAR_THRESHOLD = 0.1  # an FID within 10% of the threshold makes the similarity call uncertain
-FINDINGS = {
-    "disparity": "VPT is preferable when the downstream objective differs substantially from the "
-    "pretraining objective (high task disparity, e.g. classification to counting)",
-    "similar": "with a classification-like objective, VPT is preferable when the data distribution "
-    "is similar to the pretraining data (e.g. both natural images)",
-    "dissimilar": "with a classification-like objective and a dissimilar data distribution, FT is "
-    "preferable: the one quadrant of four where VPT is not",
-    "scaling": "as the training set grows the FT-VPT gap narrows and FT often overtakes VPT (9 of "
-    "the 12 cases in the paper's data-scaling study)",
-}
-PAPER = "Han et al., ICLR 2024"
-PAPER_TITLE = "Facing the Elephant in the Room: Visual Prompt Tuning or Full Finetuning?"
-
-
-@dataclasses.dataclass(frozen=True)
-class Recommendation:
-    """What to use and why, from the quadrant and the training size."""
-
-    method: str  # VPT or FT
-    quadrant: str
-    distributions: str  # similar / dissimilar
-    finding: str  # the key of the driving finding in FINDINGS
-    reason: str
-    caveat: str
-
-
-def recommend(
-    *,
-    fid: float,
-    fid_threshold: float,
-    disparity: str,
-    train_size: int,
-    large_data: int = LARGE_DATA,
-) -> Recommendation:
-    """The paper's findings as a rule.
-
-    Args:
-      fid: the dataset's FID to the pretraining data.
-      fid_threshold: FIDs at or below it count as similar distributions.
-      disparity: `high` (objective far from pretraining classification) or `low`.
-      train_size: training images the user has.
-      large_data: from this many training images on, the data-scaling finding applies.
-
-    Returns:
-      VPT with high disparity (any size: the strongest finding; a caveat says FT may catch up with
-      much data); with low disparity, VPT for similar distributions unless the data is large (then
-      FT), FT for dissimilar distributions.
-    """
-    if disparity not in DISPARITIES:
-        raise UserError(f"disparity must be low or high; got {disparity!r}")
-    if train_size < 1:
-        raise UserError(f"train_size must be a positive number of images; got {train_size}")
-    distributions = similarity(fid, fid_threshold)
-    quadrant = quadrant_name(disparity, distributions)
-    large = train_size >= large_data
-    measured = (
-        "the quadrant findings were measured with limited data (VTAB-1k: 800 training images)"
-    )
-    compared = (
-        f"FID {fid:.2f} {'<=' if distributions == SIMILAR else '>'} threshold {fid_threshold:.2f}"
-    )
-    if disparity == "high":
-        method, finding = "VPT", "disparity"
-        reason = "high task disparity: the objective is far from the classification pretraining"
-        caveat = (
-            f"with {train_size} training images FT may catch up even here: if you can afford "
-            "both, compare them on a validation split"
-            if large
-            else f"{measured}; with much more data (~{large_data}+ images) FT may catch up"
-        )
-    elif distributions == DISSIMILAR:
-        method, finding = "FT", "dissimilar"
-        reason = f"low task disparity and {compared}: dissimilar distributions"
-        caveat = (
-            "FT's lead is expected to hold or grow with this much data"
-            if large
-            else f"{measured}; FT's lead is expected to grow with more data"
-        )
-    elif large:
-        method, finding = "FT", "scaling"
-        reason = (
-            f"low task disparity and {compared} favour VPT with limited data, but "
-            f"{train_size} training images >= {large_data}"
-        )
-        caveat = (
-            "VPT stays close and stores only prompts and a head per task: prefer it if that matters"
-        )
-    else:
-        method, finding = "VPT", "similar"
-        reason = f"low task disparity and {compared}: similar distributions"
-        caveat = f"{measured}; from about {large_data} training images FT catches up and often overtakes VPT"
-    if disparity == "low" and abs(fid - fid_threshold) <= NEAR_THRESHOLD * fid_threshold:
-        caveat += (
-            f"; the FID is within {NEAR_THRESHOLD:.0%} of the threshold, so the similar/dissimilar "
-            "call, and with it this recommendation, is uncertain"
-        )
-    return Recommendation(method, quadrant, distributions, finding, reason, caveat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,29 +73,27 @@ class Advice:
         return out
 
 
-def resolve_disparity(dataset: str, disparity: str | None) -> tuple[str, str]:
+def resolve_disparity(dataset: str | DatasetName, disparity: str | None) -> tuple[str, str]:
     """`(disparity, where it came from)`: the user's value, else the task's group.
 
     Raises:
-      UserError: an invalid value, or none for a dataset whose name cannot tell it.
+      UserError: an unknown dataset, an invalid value, or none for a dataset whose name cannot
+        tell it.
     """
-    known = known_disparity(dataset)
+    name = parse_dataset(dataset, bare_vtab=True)
+    known = name.disparity
     if disparity is not None:
         if disparity not in DISPARITIES:
             raise UserError(f"--disparity must be low or high; got {disparity!r}")
-        note = (
-            f" (its {task_group(dataset)} group says {known})"
-            if known and known != disparity
-            else ""
-        )
+        note = f" (its {name.group} group says {known})" if known and known != disparity else ""
         return disparity, f"given{note}"
     if known is None:
         raise UserError(
-            f"the task disparity of {dataset} cannot be known from its name; pass --disparity high "
+            f"the task disparity of {name} cannot be known from its name; pass --disparity high "
             "if its objective is far from classifying objects (counting, distances, positions, "
             "orientations, like VTAB's structured tasks), else --disparity low"
         )
-    return known, f"{task_group(dataset)} task"
+    return known, f"{name.group} task"
 
 
 def _threshold_from_table(path: str, extractor: FeatureExtractor) -> tuple[float, str]:
@@ -215,16 +104,52 @@ def _threshold_from_table(path: str, extractor: FeatureExtractor) -> tuple[float
             f"{path} holds FIDs in the {', '.join(sorted(spaces))} feature space, not "
             f"{extractor.name}; FIDs of different feature spaces are not comparable"
         )
-    fids = [r.fid for r in rows]
+    return _median_of([r.fid for r in rows], f"tasks in {path}")
+
+
+def _median_of(fids: list[float], tasks: str) -> tuple[float, str]:
+    """The median FID as the threshold, and how it was found (`tasks` says which tasks)."""
     threshold = median_threshold(fids)
     return (
         threshold,
-        f"median FID of the {len(fids)} tasks in {path}, range {min(fids):.2f}..{max(fids):.2f}",
+        f"median FID of the {len(fids)} {tasks}, range {min(fids):.2f}..{max(fids):.2f}",
     )
 
 
+def _default_anchors(name: DatasetName) -> str:
+    return "procedural" if name.kind == "procedural" else "vtab"
+
+
+def _threshold_source(
+    name: DatasetName,
+    extractor: FeatureExtractor,
+    fid_threshold: float | None,
+    fid_table: str | None,
+    anchors: str | None,
+) -> tuple[tuple[float, str] | None, list[DatasetName]]:
+    """`((threshold, where it came from), [])`, or `(None, anchor tasks to measure it on)`."""
+    if sum(x is not None for x in (fid_threshold, fid_table, anchors)) > 1:
+        raise UserError("pass at most one of fid_threshold, fid_table and anchors")
+    if fid_threshold is not None:
+        return (float(fid_threshold), "given"), []
+    if fid_table is not None:
+        return _threshold_from_table(fid_table, extractor), []
+    return None, parse_dataset_list(anchors or _default_anchors(name))
+
+
+def _open_anchors(anchors: list[DatasetName], extractor: FeatureExtractor, data_dir) -> None:
+    for anchor in anchors:
+        try:
+            distance.open_dataset(anchor, extractor, data_dir=data_dir)
+        except UserError as e:
+            raise UserError(
+                f"the FID threshold needs the anchor tasks' FIDs, but {e}; or pass --fid_threshold "
+                "or --fid_table fid.csv"
+            ) from None
+
+
 def advise(
-    dataset: str,
+    dataset: str | DatasetName,
     train_size: int,
     extractor: FeatureExtractor,
     reference: str | FeatureStatistics,
@@ -258,7 +183,7 @@ def advise(
       fid_table: an FID table CSV whose median FID is the threshold (instead of `anchors`).
       anchors: tasks whose median FID is the threshold: `vtab`, `procedural` or names; default
         `procedural` for procedural datasets, else `vtab`.
-      split: the dataset's split (default `distance.default_split`).
+      split: the dataset's split (default: its `default_split`).
       reference_split: the reference dataset's split.
       num_images: images per dataset's statistics (the first of the split); None: all.
       data_dir: TFDS data directory.
@@ -271,33 +196,17 @@ def advise(
     """
     if train_size < 1:
         raise UserError(f"--train_size must be a positive number of images; got {train_size}")
-    if sum(x is not None for x in (fid_threshold, fid_table, anchors)) > 1:
-        raise UserError("pass at most one of fid_threshold, fid_table and anchors")
-    dataset = resolve_dataset_name(dataset)
-    disparity, disparity_source = resolve_disparity(dataset, disparity)
+    name = parse_dataset(dataset, bare_vtab=True)
+    disparity, disparity_source = resolve_disparity(name, disparity)
     if isinstance(reference, FeatureStatistics) and reference.dim != extractor.dim:
         raise UserError(
             f"the reference statistics are {reference.dim}-d but the {extractor.name} features are "
             f"{extractor.dim}-d; compute them with the same extractor"
         )
-    anchor_names: list[str] = []
-    if fid_threshold is not None:
-        threshold, threshold_source = float(fid_threshold), "given"
-    elif fid_table is not None:
-        threshold, threshold_source = _threshold_from_table(fid_table, extractor)
-    else:
-        anchors = anchors or ("procedural" if dataset.startswith("procedural:") else "vtab")
-        anchor_names = task_set(anchors)
+    given, anchor_names = _threshold_source(name, extractor, fid_threshold, fid_table, anchors)
     kw = dict(data_dir=data_dir)
-    opened = distance.open_dataset(dataset, extractor, split=split, **kw)
-    for name in anchor_names:  # anchors must open before anything is computed
-        try:
-            distance.open_dataset(name, extractor, **kw)
-        except UserError as e:
-            raise UserError(
-                f"the FID threshold needs the anchor tasks' FIDs, but {e}; or pass --fid_threshold "
-                "or --fid_table fid.csv"
-            ) from None
+    opened = distance.open_dataset(name, extractor, split=split, **kw)
+    _open_anchors(anchor_names, extractor, data_dir)  # before anything is computed
     common = dict(num_images=num_images, cache_dir=cache_dir, batch_size=batch_size)
     if isinstance(reference, str):
         reference_name = reference_name or reference
@@ -306,15 +215,12 @@ def advise(
         )
     stats = distance.split_statistics(opened, extractor, **common)
     fid = frechet_distance(stats, reference)
-    if anchor_names:
+    if given is None:
         rows = distance.dataset_distances(anchor_names, reference, extractor, **kw, **common)
-        fids = [r.fid for r in rows]
-        threshold = median_threshold(fids)
-        threshold_source = (
-            f"median FID of the {len(fids)} {anchors} tasks, range {min(fids):.2f}..{max(fids):.2f}"
-        )
+        given = _median_of([r.fid for r in rows], f"{anchors or _default_anchors(name)} tasks")
+    threshold, threshold_source = given
     return Advice(
-        dataset=dataset,
+        dataset=str(name),
         split=opened.split,
         num_images=int(stats.num_samples or 0),
         train_size=train_size,
@@ -352,50 +258,59 @@ def format_advice(advice: Advice) -> str:
     return "\n".join(f"{name:<10} {text}" for name, text in fields)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: recommend VPT or FT for a dataset."""
-    parser = argparse.ArgumentParser(
-        prog="python -m vpt_jax.analysis.advisor",
-        description="Recommend visual prompt tuning (VPT) or full finetuning (FT) for a dataset.",
+def _define(values: flags.FlagValues) -> None:
+    define = functools.partial(flags.DEFINE_string, flag_values=values)
+    define("dataset", None, "vtab/<task>, tfds:, folder:, procedural:", required=True)
+    flags.DEFINE_integer(
+        "train_size", None, "training images you have", flag_values=values, required=True
     )
-    parser.add_argument("--dataset", required=True, help="vtab/<task>, tfds:, folder:, procedural:")
-    parser.add_argument("--train_size", type=int, required=True, help="training images you have")
-    parser.add_argument("--disparity", choices=DISPARITIES, help="required for non-VTAB datasets")
-    parser.add_argument("--split", help="split to measure (default: train800val200 / train)")
-    threshold = parser.add_mutually_exclusive_group()
-    threshold.add_argument("--fid_threshold", type=float, help="similar iff FID <= this")
-    threshold.add_argument("--fid_table", help="FID table CSV; threshold = its median FID")
-    threshold.add_argument("--anchors", help="vtab, procedural or names; threshold = median FID")
-    parser.add_argument(
-        "--large_data", type=int, default=LARGE_DATA, help="FT catches up from here"
+    flags.DEFINE_enum(
+        "disparity", None, DISPARITIES, "required for non-VTAB datasets", flag_values=values
     )
-    parser.add_argument("--json", action="store_true", help="print the advice as JSON")
-    distance.add_data_arguments(parser)
-    args = parser.parse_args(argv)
+    define("split", None, "split to measure (default: train800val200 / train)")
+    flags.DEFINE_float("fid_threshold", None, "similar iff FID <= this", flag_values=values)
+    define("fid_table", None, "FID table CSV; threshold = its median FID")
+    define("anchors", None, "vtab, procedural or names; threshold = median FID")
+    flags.mark_flags_as_mutual_exclusive(
+        ["fid_threshold", "fid_table", "anchors"], flag_values=values
+    )
+    flags.DEFINE_integer("large_data", LARGE_DATA, "FT catches up from here", flag_values=values)
+    flags.DEFINE_boolean("json", False, "print the advice as JSON", flag_values=values)
+    distance.define_data_flags(values)
+
+
+def _advise(values: flags.FlagValues, rest: list[str]) -> None:
+    cli.no_arguments(rest)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        resolve_disparity(resolve_dataset_name(args.dataset), args.disparity)  # before weights load
-        extractor = extractor_from_args(args)
-        advice = advise(
-            args.dataset,
-            args.train_size,
-            extractor,
-            args.reference,
-            disparity=args.disparity,
-            fid_threshold=args.fid_threshold,
-            fid_table=args.fid_table,
-            anchors=args.anchors,
-            split=args.split,
-            reference_split=args.reference_split,
-            num_images=args.num_images or None,
-            data_dir=args.data_dir,
-            cache_dir=args.cache_dir or distance.default_cache_dir(),
-            batch_size=args.batch_size,
-            large_data=args.large_data,
-        )
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
-    print(json.dumps(advice.to_dict(), indent=2) if args.json else format_advice(advice))
+    resolve_disparity(values.dataset, values.disparity)  # before any weights load
+    extractor = extractor_from_flags(values)
+    advice = advise(
+        values.dataset,
+        values.train_size,
+        extractor,
+        values.reference,
+        disparity=values.disparity,
+        fid_threshold=values.fid_threshold,
+        fid_table=values.fid_table,
+        anchors=values.anchors,
+        split=values.split,
+        reference_split=values.reference_split,
+        num_images=values.num_images or None,
+        data_dir=values.data_dir,
+        cache_dir=values.cache_dir or distance.default_cache_dir(),
+        batch_size=values.batch_size,
+        large_data=values.large_data,
+    )
+    print(json.dumps(advice.to_dict(), indent=2) if values.json else format_advice(advice))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: recommend VPT or FT for a dataset.
+
+    Args:
+      argv: the flags, without the program name; None reads `sys.argv`.
+    """
+    cli.run(__doc__, _define, _advise, argv)
 
 
 if __name__ == "__main__":

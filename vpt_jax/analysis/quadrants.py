@@ -9,7 +9,7 @@ and marks each task by the method that won in the study, next to what the paper'
 
 Inputs:
 
-* an FID table (`vpt_jax.analysis.distance`; CSV with `dataset`, `fid`, and `disparity` where the
+* an FID table (`vpt_jax.analysis.fid.distance`; CSV with `dataset`, `fid`, and `disparity` where the
   name cannot tell it);
 * results, `{task: {strategy_name: mean_test_accuracy}}` (a JSON file of exactly that mapping for
   the command). Task names are data-layer names or bare VTAB names (`cifar100` = `vtab/cifar100`);
@@ -27,9 +27,9 @@ threshold relative to the tasks measured in the same setting transfers where a c
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -37,9 +37,11 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+from absl import flags
 
-from vpt_jax.analysis.fid_table import DatasetDistance, atomic_write_bytes, read_distances_csv
-from vpt_jax.analysis.tasks import DISPARITIES, resolve_dataset_name
+from vpt_jax import atomic, cli
+from vpt_jax.analysis.fid.table import DatasetDistance, read_distances_csv
+from vpt_jax.data import DISPARITIES, parse_dataset
 from vpt_jax.errors import UserError
 
 FT_STRATEGY = "full"
@@ -81,9 +83,17 @@ def quadrant_name(disparity: str, distributions: str) -> str:
 def canonical_task(name: str) -> str:
     """The data-layer name of a task (`cifar100` -> `vtab/cifar100`); other names as given."""
     try:
-        return resolve_dataset_name(name)
-    except UserError:
+        return str(parse_dataset(name, bare_vtab=True))
+    except UserError:  # results may name tasks the data layer does not know
         return name.strip()
+
+
+def task_label(task: str) -> str:
+    """A short label for a figure: the task name (`cifar100`, `count`); other names as given."""
+    try:
+        return parse_dataset(task, bare_vtab=True).short
+    except UserError:
+        return task
 
 
 def winner(
@@ -224,7 +234,7 @@ def quadrant_table(
     """
     if not distances:
         raise UserError(
-            "the FID table has no rows; compute it with python -m vpt_jax.analysis.distance"
+            "the FID table has no rows; compute it with python -m vpt_jax.analysis.fid.distance"
         )
     results = validate_results(results or {})
     overrides = {canonical_task(k): v for k, v in (disparities or {}).items()}
@@ -304,7 +314,7 @@ def plot_quadrants(
             y = band + (i - (len(members) - 1) / 2) * step
             marker, face, edge = _STYLE[row.winner]
             ax.scatter([row.fid], [y], marker=marker, c=face, edgecolors=edge, s=45, zorder=3)
-            ax.annotate(row.task.split("/")[-1].split(":")[-1], (row.fid, y), xytext=(5, -3),
+            ax.annotate(task_label(row.task), (row.fid, y), xytext=(5, -3),
                         textcoords="offset points", fontsize=7)  # fmt: skip
     ax.set_yticks([0, 1], ["low disparity\n(natural, specialized)", "high disparity\n(structured)"])
     ax.set_xlabel(f"{xlabel}  (threshold {table.fid_threshold:.2f}: {table.threshold_source})")
@@ -319,7 +329,7 @@ def plot_quadrants(
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def _parse_disparities(pairs: Sequence[str]) -> dict[str, str]:
@@ -332,42 +342,49 @@ def _parse_disparities(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: the quadrant figure (PNG) and table (Markdown, CSV) from an FID table."""
-    parser = argparse.ArgumentParser(
-        prog="python -m vpt_jax.analysis.quadrants",
-        description="Quadrant figure: task disparity x FID to the reference, marked by who won.",
+def _define(values: flags.FlagValues) -> None:
+    define = functools.partial(flags.DEFINE_string, flag_values=values)
+    define("fid", None, "FID table CSV (python -m ...fid.distance --out)", required=True)
+    define("results", None, "JSON {task: {strategy: mean_test_accuracy}}")
+    define("out", None, "PNG to write; .md and .csv go beside it", required=True)
+    define("ft", FT_STRATEGY, "strategy that counts as FT")
+    define("vpt", VPT_STRATEGY, "strategy that counts as VPT")
+    flags.DEFINE_float(
+        "fid_threshold", None, "default: median FID of the tasks", flag_values=values
     )
-    parser.add_argument("--fid", required=True, help="FID table CSV (python -m ...distance --out)")
-    parser.add_argument("--results", help="JSON {task: {strategy: mean_test_accuracy}}")
-    parser.add_argument("--out", required=True, help="PNG to write; .md and .csv go beside it")
-    parser.add_argument("--ft", default=FT_STRATEGY, help="strategy that counts as FT")
-    parser.add_argument("--vpt", default=VPT_STRATEGY, help="strategy that counts as VPT")
-    parser.add_argument("--fid_threshold", type=float, help="default: median FID of the tasks")
-    parser.add_argument(
-        "--disparity", action="append", default=[], help="TASK=low|high for tasks the table lacks"
+    flags.DEFINE_multi_string(
+        "disparity", [], "TASK=low|high for tasks the table lacks", flag_values=values
     )
-    args = parser.parse_args(argv)
-    try:
-        distances = read_distances_csv(args.fid)
-        results = load_results(args.results) if args.results else None
-        table = quadrant_table(
-            distances,
-            results,
-            ft=args.ft,
-            vpt=args.vpt,
-            fid_threshold=args.fid_threshold,
-            disparities=_parse_disparities(args.disparity),
-        )
-        reference = distances[0].reference or "the pretraining data"
-        plot_quadrants(table, args.out, xlabel=f"FID to {reference}")
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
-    stem = os.path.splitext(args.out)[0]
-    atomic_write_bytes(f"{stem}.md", table.markdown().encode())
-    atomic_write_bytes(f"{stem}.csv", table.csv_text().encode())
+
+
+def _draw(values: flags.FlagValues, rest: list[str]) -> None:
+    cli.no_arguments(rest)
+    distances = read_distances_csv(values.fid)
+    results = load_results(values.results) if values.results else None
+    table = quadrant_table(
+        distances,
+        results,
+        ft=values.ft,
+        vpt=values.vpt,
+        fid_threshold=values.fid_threshold,
+        disparities=_parse_disparities(values.disparity),
+    )
+    reference = distances[0].reference or "the pretraining data"
+    plot_quadrants(table, values.out, xlabel=f"FID to {reference}")
+    stem = os.path.splitext(values.out)[0]
+    atomic.write_text(f"{stem}.md", table.markdown())
+    atomic.write_text(f"{stem}.csv", table.csv_text())
     print(table.markdown(), end="")
-    print(f"wrote {args.out}, {stem}.md, {stem}.csv")
+    print(f"wrote {values.out}, {stem}.md, {stem}.csv")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: the quadrant figure (PNG) and table (Markdown, CSV) from an FID table.
+
+    Args:
+      argv: the flags, without the program name; None reads `sys.argv`.
+    """
+    cli.run(__doc__, _define, _draw, argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """TensorFlow as a host-only data reader: imported quietly, with every accelerator hidden from it.
 
-JAX owns the accelerators (design decision 7). TensorFlow, used only by tf.data and TFDS, must not
-claim GPU memory, so the accelerators are hidden from it before it initialises its devices. Modules
+JAX owns the accelerators and their memory: training and evaluation run there, and TensorFlow, used
+only by tf.data and TFDS to read and decode on the host, would otherwise reserve most of each GPU's
+memory when it starts. So the accelerators are hidden from it before it initialises its devices. Modules
 that need TensorFlow import it from here (`from vpt_jax.data.host_tf import tf`), so the set-up runs
 once and before any other TensorFlow use in this package.
 """

@@ -12,12 +12,14 @@ share a TFDS dataset (clevr, dsprites, smallnorb) prepare it once.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections.abc import Sequence
 
-from vpt_jax.data.vtab import VTAB_TASKS, get_task
+from absl import flags
+
+from vpt_jax import cli
+from vpt_jax.data.names import parse_dataset
+from vpt_jax.data.vtab import VTAB_TASKS
 from vpt_jax.errors import UserError
 
 
@@ -37,14 +39,24 @@ def builder_specs(names: Sequence[str]) -> list[str]:
     for name in names:
         if name == "vtab":
             found = [task.tfds_name for task in VTAB_TASKS.values()]
-        elif name.startswith("vtab/"):
-            found = [get_task(name.removeprefix("vtab/")).tfds_name]
-        elif name.startswith("tfds:") and name.removeprefix("tfds:"):
-            found = [name.removeprefix("tfds:")]
         else:
-            raise UserError(f"cannot prepare {name!r}; name vtab, vtab/<task> or tfds:<name>")
+            dataset = _preparable(name)
+            found = [dataset.vtab_task.tfds_name if dataset.vtab_task else dataset.value]
         specs.extend(spec for spec in found if spec not in specs)
     return specs
+
+
+def _preparable(name: str):
+    refused = UserError(f"cannot prepare {name!r}; name vtab, vtab/<task> or tfds:<name>")
+    try:
+        dataset = parse_dataset(name)
+    except UserError as e:
+        if "unknown dataset" in str(e):
+            raise refused from None
+        raise
+    if dataset.kind not in ("vtab", "tfds"):
+        raise refused
+    return dataset
 
 
 def prepare(spec: str, data_dir: str | None, manual_dir: str | None = None) -> str:
@@ -83,27 +95,32 @@ def prepare(spec: str, data_dir: str | None, manual_dir: str | None = None) -> s
     return str(builder.data_dir)
 
 
+def _define(values: flags.FlagValues) -> None:
+    flags.DEFINE_string(
+        "data_dir", None, "TFDS data directory (default: TFDS's)", flag_values=values
+    )
+    flags.DEFINE_string(
+        "manual_dir", None, "raw files of manual-download datasets", flag_values=values
+    )
+
+
+def _prepare_all(values: flags.FlagValues, names: list[str]) -> None:
+    if not names:
+        raise UserError("name what to prepare: vtab, vtab/<task> or tfds:<name>[/config][:version]")
+    specs = builder_specs(names)
+    data_dir = os.path.expanduser(values.data_dir) if values.data_dir else None
+    for spec in specs:
+        print(f"{spec}: preparing", flush=True)
+        print(f"{spec}: ready in {prepare(spec, data_dir, values.manual_dir)}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: prepares each named dataset and prints where it went.
 
     Args:
         argv: Arguments without the program name; None reads `sys.argv`.
     """
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "names", nargs="+", help="vtab, vtab/<task> or tfds:<name>[/config][:version]"
-    )
-    parser.add_argument("--data_dir", default=None, help="TFDS data directory (default: TFDS's)")
-    parser.add_argument("--manual_dir", default=None, help="raw files of manual-download datasets")
-    args = parser.parse_args(argv)
-    try:
-        specs = builder_specs(args.names)
-        data_dir = os.path.expanduser(args.data_dir) if args.data_dir else None
-        for spec in specs:
-            print(f"{spec}: preparing", flush=True)
-            print(f"{spec}: ready in {prepare(spec, data_dir, args.manual_dir)}", flush=True)
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    cli.run(__doc__, _define, _prepare_all, argv, prog="python -m vpt_jax.data.prepare")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,18 @@ Normalisation (`normalization` in the config):
 
 Augmentation is off by default (the VPT protocol uses none): a random horizontal flip, and a random
 crop that pads by `crop_padding` zero pixels on each side and crops back to the original size.
+
+`check_images` validates pixel arrays a user hands to the analysis functions (NHWC RGB, uint8 or
+floats in [0, 1]) with a message that says what to change.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vpt_jax.errors import UserError
 
@@ -147,3 +153,31 @@ def preprocess_batch(
     if rng is not None and (flip or crop_padding):
         images = augment(rng, images, flip=flip, crop_padding=crop_padding)
     return normalize(images, normalization)
+
+
+# Inputs meant to be in [0, 1] may overshoot a little after bicubic resizing; [-1, 1] or 0..255
+# inputs lie far outside this band.
+_RANGE_SLACK = 0.1
+
+
+def check_images(images: Any, *, unit_range: bool = True) -> None:
+    """Raises `UserError` unless `images` are NHWC RGB, uint8 or float ([0, 1] if `unit_range`)."""
+    shape = tuple(np.shape(images))
+    if len(shape) != 4 or shape[-1] != 3:
+        hint = " (NCHW? transpose to NHWC)" if len(shape) == 4 and shape[1] == 3 else ""
+        raise UserError(f"images must be NHWC with 3 channels; got shape {shape}{hint}")
+    if not unit_range or images.dtype == np.uint8 or not shape[0]:
+        return
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise UserError(f"images must be uint8 or float; got {images.dtype}")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -_RANGE_SLACK:
+        raise UserError(
+            f"float images must be in [0, 1] but reach {lo:.3g}; if they are in [-1, 1], pass "
+            "(images + 1) / 2"
+        )
+    if hi > 1 + _RANGE_SLACK:
+        raise UserError(
+            f"float images must be in [0, 1] but reach {hi:.3g}; divide 0..255 values by 255 or "
+            "pass uint8"
+        )

@@ -67,6 +67,8 @@ class TaskSpec:
         test: VTAB's test split as a TFDS split string.
         source_sizes: Examples per TFDS split of the pinned version, used where the prepared
             dataset's metadata is unavailable.
+        prompt_length: The VPT-deep prompt length the paper's ViT-B/16 numbers imply for the task
+            (its per-task choice; the study uses it unless told otherwise).
         class_names: Names of derived classes; None reads them from the TFDS label feature.
         binary_image: Images hold 0/1 values (dsprites) and are scaled to 0/255.
     """
@@ -81,6 +83,7 @@ class TaskSpec:
     val: Region
     test: str
     source_sizes: Mapping[str, int]
+    prompt_length: int
     class_names: tuple[str, ...] | None = None
     binary_image: bool = False
 
@@ -117,56 +120,56 @@ _TASKS = (
     # Natural.
     TaskSpec("caltech101", "caltech101", "3.*.*", "label", 102, "natural",
              Region("train", 0, 2754), Region("train", 2754), "test",
-             {"train": 3060, "test": 6084}),
+             {"train": 3060, "test": 6084}, 10),
     TaskSpec("cifar100", "cifar100", "3.*.*", "label", 100, "natural",
              Region("train", 0, 45000), Region("train", 45000), "test",
-             {"train": 50000, "test": 10000}),
+             {"train": 50000, "test": 10000}, 10),
     TaskSpec("dtd", "dtd", "3.*.*", "label", 47, "natural",
-             _TRAIN, _VALIDATION, "test", _train_val_test(1880, 1880, 1880)),
+             _TRAIN, _VALIDATION, "test", _train_val_test(1880, 1880, 1880), 10),
     TaskSpec("oxford_flowers102", "oxford_flowers102", "2.*.*", "label", 102, "natural",
-             _TRAIN, _VALIDATION, "test", _train_val_test(1020, 1020, 6149)),
+             _TRAIN, _VALIDATION, "test", _train_val_test(1020, 1020, 6149), 1),
     TaskSpec("oxford_iiit_pet", "oxford_iiit_pet", "4.*.*", "label", 37, "natural",
              Region("train", 0, 2944), Region("train", 2944), "test",
-             {"train": 3680, "test": 3669}),
+             {"train": 3680, "test": 3669}, 1),
     TaskSpec("svhn_cropped", "svhn_cropped", "3.*.*", "label", 10, "natural",
              Region("train", 0, 65931), Region("train", 65931), "test",
-             {"train": 73257, "test": 26032, "extra": 531131}),
+             {"train": 73257, "test": 26032, "extra": 531131}, 50),
     TaskSpec("sun397", "sun397/tfds", "4.*.*", "label", 397, "natural",
-             _TRAIN, _VALIDATION, "test", _train_val_test(76128, 10875, 21750)),
+             _TRAIN, _VALIDATION, "test", _train_val_test(76128, 10875, 21750), 5),
     # Specialized.
     TaskSpec("patch_camelyon", "patch_camelyon", "2.*.*", "label", 2, "specialized",
-             _TRAIN, _VALIDATION, "test", _train_val_test(262144, 32768, 32768)),
+             _TRAIN, _VALIDATION, "test", _train_val_test(262144, 32768, 32768), 100),
     TaskSpec("eurosat", "eurosat/rgb", "2.*.*", "label", 10, "specialized",
              Region("train", 0, 16200), Region("train", 16200, 21600), "train[21600:]",
-             {"train": 27000}),
+             {"train": 27000}, 100),
     TaskSpec("resisc45", "resisc45", "3.*.*", "label", 45, "specialized",
              Region("train", 0, 18900), Region("train", 18900, 25200), "train[25200:]",
-             {"train": 31500}),
+             {"train": 31500}, 10),
     TaskSpec("diabetic_retinopathy", "diabetic_retinopathy_detection/btgraham-300", "3.*.*",
              "label", 5, "specialized", _TRAIN, _VALIDATION, "test",
-             _train_val_test(35126, 10906, 42670)),
+             _train_val_test(35126, 10906, 42670), 1),
     # Structured.
     TaskSpec("clevr_count", "clevr", "3.*.*", "clevr_count", 8, "structured",
              Region("train", 0, 63000), Region("train", 63000), "validation", _CLEVR_SIZES,
-             class_names=tuple(f"{n} objects" for n in range(3, 11))),
+             50, class_names=tuple(f"{n} objects" for n in range(3, 11))),
     TaskSpec("clevr_distance", "clevr", "3.*.*", "clevr_closest_distance", 6, "structured",
              Region("train", 0, 63000), Region("train", 63000), "validation", _CLEVR_SIZES,
-             class_names=("<=8", "8-8.5", "8.5-9", "9-9.5", "9.5-10", ">10")),
+             200, class_names=("<=8", "8-8.5", "8.5-9", "9-9.5", "9.5-10", ">10")),
     TaskSpec("dmlab", "dmlab", "2.0.1", "label", 6, "structured",
-             _TRAIN, _VALIDATION, "test", _train_val_test(65550, 22628, 22735)),
+             _TRAIN, _VALIDATION, "test", _train_val_test(65550, 22628, 22735), 100),
     TaskSpec("kitti_distance", "kitti", "3.2.0", "kitti_closest_vehicle_distance", 4, "structured",
              _TRAIN, _VALIDATION, "test", _train_val_test(6347, 423, 711),
-             class_names=("vehicle <=8m", "vehicle 8-20m", "vehicle >20m", "no vehicle")),
+             50, class_names=("vehicle <=8m", "vehicle 8-20m", "vehicle >20m", "no vehicle")),
     TaskSpec("dsprites_location", "dsprites", "2.*.*", "dsprites_location", 16, "structured",
              Region("train", 0, 589824), Region("train", 589824, 663552), "train[663552:]",
-             _DSPRITES_SIZES, class_names=_DSPRITES_BINS, binary_image=True),
+             _DSPRITES_SIZES, 10, class_names=_DSPRITES_BINS, binary_image=True),
     TaskSpec("dsprites_orientation", "dsprites", "2.*.*", "dsprites_orientation", 16, "structured",
              Region("train", 0, 589824), Region("train", 589824, 663552), "train[663552:]",
-             _DSPRITES_SIZES, class_names=_DSPRITES_BINS, binary_image=True),
+             _DSPRITES_SIZES, 50, class_names=_DSPRITES_BINS, binary_image=True),
     TaskSpec("smallnorb_azimuth", "smallnorb", "2.*.*", "label_azimuth", 18, "structured",
-             _TRAIN, Region("test", 0, 12150), "test[50%:]", _SMALLNORB_SIZES),
+             _TRAIN, Region("test", 0, 12150), "test[50%:]", _SMALLNORB_SIZES, 200),
     TaskSpec("smallnorb_elevation", "smallnorb", "2.*.*", "label_elevation", 9, "structured",
-             _TRAIN, Region("test", 0, 12150), "test[50%:]", _SMALLNORB_SIZES),
+             _TRAIN, Region("test", 0, 12150), "test[50%:]", _SMALLNORB_SIZES, 200),
 )  # fmt: skip
 
 VTAB_TASKS: dict[str, TaskSpec] = {task.name: task for task in _TASKS}

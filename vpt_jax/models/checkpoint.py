@@ -16,6 +16,7 @@ with `allow_pickle=False`, so loading one never runs code from it.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -30,6 +31,7 @@ import scipy.ndimage
 
 from vpt_jax import atomic, paths
 from vpt_jax.errors import UserError
+from vpt_jax.models.family import family_of
 from vpt_jax.models.vit import SIZES, VisionTransformer, ViTConfig, init_params
 
 log = logging.getLogger(__name__)
@@ -43,12 +45,25 @@ _LINEN_TO_ORIGINAL = {
     "MlpBlock_0": "MlpBlock_3",
 }
 _ORIGINAL_TO_LINEN = {v: k for k, v in _LINEN_TO_ORIGINAL.items()}
-# Leaves a pretrained backbone file does not hold: the task head and the tuning parameters.
-FRESH_PARAMS = (r"head/.*", r"head_mlp_\d+/.*", r"Transformer/prompt/.*", r".*_lora/[ab]")
 
 
 class CheckpointError(UserError):
     """A checkpoint file that cannot be read, or that does not fit the model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file read once: its arrays in vpt_jax's names, and the layout it came in."""
+
+    path: str
+    flat: Mapping[str, np.ndarray]
+    layout: str  # one of LAYOUTS
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Reads a checkpoint file in any supported layout (see the module docstring)."""
+    flat, layout = to_canonical(read_npz(path))
+    return Checkpoint(os.fspath(path), flat, layout)
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -245,26 +260,29 @@ def config_from_checkpoint(flat: Mapping[str, np.ndarray]) -> ViTConfig:
 
 
 def load_pretrained(
-    path: str | os.PathLike,
+    checkpoint: str | os.PathLike | Checkpoint,
     model: VisionTransformer,
     *,
     rng: jax.Array | int = 0,
     keep_head: bool = False,
-    fresh: Sequence[str] = FRESH_PARAMS,
+    fresh: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Loads a pretrained checkpoint file into parameters for `model`.
 
     `pre_logits` is dropped when the model has no representation layer; the head is replaced by a
     fresh one of the model's size (kept only with `keep_head=True` and equal shapes); position
     embeddings are resized when the model's image size differs; leaves a backbone file does not hold
-    (head, prompts, LoRA factors: `fresh` regexes) come from the model's initialiser.
+    (the head and what the model's additions own, or the `fresh` regexes) come from the model's
+    initialiser.
 
     Args:
-      path: an `.npz` file in the original, linen or big_vision layout.
+      checkpoint: an `.npz` file in the original, linen or big_vision layout, or one already read
+        (`read_checkpoint`).
       model: the model the parameters are for.
       rng: initialiser seed for the fresh leaves.
       keep_head: keep the file's head when its shape fits (e.g. to evaluate a finetuned file).
-      fresh: regexes (full match) of leaves that may be missing from the file.
+      fresh: regexes (full match) of leaves that may be missing from the file; None: the head and
+        the leaves of the model's additions.
 
     Returns:
       The nested parameter dict (float32 numpy arrays, the model's dtypes).
@@ -273,18 +291,34 @@ def load_pretrained(
       CheckpointError: unreadable file, or a file of another architecture (every missing,
         unexpected and mis-shaped key is named, with both shapes).
     """
-    flat, layout = to_canonical(read_npz(path))
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = read_checkpoint(checkpoint)
+    layout = family_of(model.config).layout
     init = paths.flatten(init_params(model, rng))
+    flat = _fit_to_model(dict(checkpoint.flat), init, model, keep_head, f"{layout.head}/")
+    _check_fit(
+        checkpoint, flat, init, model, layout.fresh(model.additions) if fresh is None else fresh
+    )
+    params = {
+        k: np.asarray(flat[k], dtype=init[k].dtype) if k in flat else np.asarray(init[k])
+        for k in init
+    }
+    log.info("loaded %s (%s layout, %d leaves)", checkpoint.path, checkpoint.layout, len(params))
+    return paths.unflatten(params)
+
+
+def _fit_to_model(flat: dict, init: dict, model: VisionTransformer, keep_head: bool, head: str):
+    """Drops what the model replaces (pre_logits, the head) and resizes position embeddings."""
     if "pre_logits/kernel" in flat and "pre_logits/kernel" not in init:
         log.info(
             "dropping the checkpoint's pre_logits layer: the model has no representation layer"
         )
         flat = {k: v for k, v in flat.items() if not k.startswith("pre_logits/")}
     head_fits = all(
-        k in init and init[k].shape == v.shape for k, v in flat.items() if k.startswith("head/")
+        k in init and init[k].shape == v.shape for k, v in flat.items() if k.startswith(head)
     )
     if not (keep_head and head_fits):
-        flat = {k: v for k, v in flat.items() if not k.startswith("head/")}
+        flat = {k: v for k, v in flat.items() if not k.startswith(head)}
     grid = (model.config.grid_size, model.config.grid_size)
     resizable = (
         POSEMB in flat and POSEMB in init and flat[POSEMB].shape[-1] == init[POSEMB].shape[-1]
@@ -292,7 +326,13 @@ def load_pretrained(
     if resizable and flat[POSEMB].shape != init[POSEMB].shape:
         log.info("resizing position embeddings %s -> %s", flat[POSEMB].shape, init[POSEMB].shape)
         flat[POSEMB] = resize_posemb(flat[POSEMB], grid)
+    return flat
 
+
+def _check_fit(
+    checkpoint: Checkpoint, flat: dict, init: dict, model: VisionTransformer, fresh: Sequence[str]
+) -> None:
+    """Raises `CheckpointError` naming every missing, unexpected and mis-shaped leaf."""
     fresh_re = [re.compile(p) for p in fresh]
     is_fresh = lambda k: any(r.fullmatch(k) for r in fresh_re)
     missing = [k for k in init if k not in flat and not is_fresh(k)]
@@ -302,26 +342,21 @@ def load_pretrained(
         for k in init
         if k in flat and flat[k].shape != init[k].shape
     ]
-    if missing or unexpected or misshaped:
-        problems = [
-            f"{len(items)} {what}: {', '.join(items)}"
-            for what, items in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("mis-shaped", misshaped),
-            )
-            if items
-        ]
-        raise CheckpointError(
-            f"{os.fspath(path)} ({layout} layout) holds {describe(flat)}, which does not fit the "
-            f"model ({_describe_model(model)}): {'; '.join(problems)}; choose the matching variant"
+    problems = [
+        f"{len(items)} {what}: {', '.join(items)}"
+        for what, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("mis-shaped", misshaped),
         )
-    params = {
-        k: np.asarray(flat[k], dtype=init[k].dtype) if k in flat else np.asarray(init[k])
-        for k in init
-    }
-    log.info("loaded %s (%s layout, %d leaves)", os.fspath(path), layout, len(params))
-    return paths.unflatten(params)
+        if items
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{checkpoint.path} ({checkpoint.layout} layout) holds {describe(flat)}, which does not "
+            f"fit the model ({_describe_model(model)}): {'; '.join(problems)}; choose the matching "
+            "variant"
+        )
 
 
 def _describe_model(model: VisionTransformer) -> str:

@@ -3,8 +3,9 @@
 Module names equal the names in the original ImageNet-21k `.npz` files (`embedding`, `cls`,
 `Transformer/posembed_input/pos_embedding`, `Transformer/encoderblock_{i}/LayerNorm_0`,
 `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`, `Transformer/encoder_norm`, `pre_logits`,
-`head`), so those files load leaf for leaf. The encoder class is injectable: prompting
-(`vpt_jax.models.prompts`) subclasses `Encoder` and overrides `insert_tokens` instead of forking the model.
+`head`), so those files load leaf for leaf. What a tuning strategy adds (prompts, LoRA, an MLP
+head: `vpt_jax.models.additions`) is a tuple of declarations the model attaches at its sites: tokens
+before every block, updates beside the attention projections, layers before the head.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vpt_jax.models.lora import LoRA
-from vpt_jax.models.precision import attention, check_precision, policy
+from vpt_jax.models.additions import ATTENTION, HEAD, TOKENS, Addition, Prompts, at_site
+from vpt_jax.models.additions import extra_tokens as count_extra_tokens
+from vpt_jax.models.precision import check_precision, policy
+from vpt_jax.models.vit_blocks import AddPositionEmbs, Encoder1DBlock, PatchEmbedding
 
 Array = jax.Array
 
@@ -80,161 +83,17 @@ class ViTConfig:
         return self.grid_size**2
 
 
-class PatchEmbedding(nn.Module):
-    """Non-overlapping patches times a `(P, P, C, D)` HWIO kernel: the checkpoints' `embedding` Conv.
-
-    Written as reshape + matmul rather than a strided convolution: the same function, slightly
-    cheaper on CPU, and its input gradient (used by Integrated Gradients) is a plain matmul.
-    """
-
-    patch_size: int
-    features: int
-    precision: str = "float32"
-
-    @nn.compact
-    def __call__(self, images: Array) -> Array:
-        p = self.patch_size
-        b, h, w, c = images.shape
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        patches = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-        patches = patches.reshape(b, (h // p) * (w // p), p * p * c)
-        kernel = kernel.reshape(p * p * c, self.features)
-        compute = policy(self.precision)
-        if compute.mode == "float32":
-            return patches @ kernel.astype(patches.dtype) + bias
-        return compute.cast(compute.matmul(patches, kernel) + bias)
-
-
-class AddPositionEmbs(nn.Module):
-    """Adds a learned `(1, N, D)` position embedding (`Transformer/posembed_input/pos_embedding`)."""
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        shape = (1, x.shape[1], x.shape[2])
-        pos_embedding = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), shape)
-        return x + pos_embedding.astype(x.dtype)
-
-
-class MultiHeadDotProductAttention(nn.Module):
-    """Self-attention with the checkpoint's `query`/`key`/`value`/`out` DenseGeneral layout.
-
-    Kernels: query/key/value `(D, H, D/H)`, out `(H, D/H, D)`. Softmax runs in float32. With
-    `lora_rank > 0`, query and value get trainable low-rank updates (`query_lora`, `value_lora`).
-    In `bf16_activations` precision, attention without active dropout is the fused
-    `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
-    """
-
-    num_heads: int
-    dropout_rate: float = 0.0
-    lora_rank: int = 0
-    lora_alpha: float = 1.0
-    precision: str = "float32"
-
-    @nn.compact
-    def __call__(self, x: Array, *, deterministic: bool) -> Array:
-        features = x.shape[-1]
-        if features % self.num_heads:
-            raise ValueError(f"hidden size {features} is not divisible by {self.num_heads} heads")
-        head_dim = features // self.num_heads
-        compute = policy(self.precision)
-        dense = lambda name: nn.DenseGeneral(
-            (self.num_heads, head_dim),
-            kernel_init=nn.initializers.xavier_uniform(),
-            name=name,
-            **compute.dense_kwargs(),
-        )
-        query, key, value = dense("query")(x), dense("key")(x), dense("value")(x)
-        if self.lora_rank:
-            lora = lambda name: LoRA(
-                self.lora_rank, (self.num_heads, head_dim), self.lora_alpha, name=name
-            )
-            query = query + lora("query_lora")(x)
-            value = value + lora("value_lora")(x)
-        if compute.fused_attention and (deterministic or not self.dropout_rate):
-            attended = attention(query, key, value)
-        else:
-            # Heads-major operands, (B, H, T, d) @ (B, H, d, T): XLA:CPU runs these batched dots
-            # ~1.5x faster (forward and backward) than einsums with the heads axis inside.
-            query = (query / jnp.sqrt(head_dim).astype(query.dtype)).transpose(0, 2, 1, 3)
-            logits = query @ key.transpose(0, 2, 3, 1)
-            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
-            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-            attended = (weights @ value.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
-        return nn.DenseGeneral(
-            features,
-            axis=(-2, -1),
-            kernel_init=nn.initializers.xavier_uniform(),
-            name="out",
-            **compute.dense_kwargs(),
-        )(attended)
-
-
-class MlpBlock(nn.Module):
-    """Dense -> GELU -> dropout -> Dense -> dropout (`MlpBlock_3/Dense_0`, `Dense_1`)."""
-
-    mlp_dim: int
-    dropout_rate: float = 0.0
-    gelu_approximate: bool = True
-    precision: str = "float32"
-
-    @nn.compact
-    def __call__(self, x: Array, *, deterministic: bool) -> Array:
-        dense = lambda features: nn.Dense(
-            features,
-            kernel_init=nn.initializers.xavier_uniform(),
-            bias_init=nn.initializers.normal(stddev=1e-6),
-            **policy(self.precision).dense_kwargs(),
-        )
-        y = nn.gelu(dense(self.mlp_dim)(x), approximate=self.gelu_approximate)
-        y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-        y = dense(x.shape[-1])(y)
-        return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-
-
-class Encoder1DBlock(nn.Module):
-    """Pre-LayerNorm transformer block; submodule names follow the pre-linen checkpoints."""
-
-    num_heads: int
-    mlp_dim: int
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    gelu_approximate: bool = True
-    lora_rank: int = 0
-    lora_alpha: float = 1.0
-    precision: str = "float32"
-
-    @nn.compact
-    def __call__(self, x: Array, *, deterministic: bool) -> Array:
-        dtype = policy(self.precision).dtype
-        y = nn.LayerNorm(epsilon=1e-6, dtype=dtype, name="LayerNorm_0")(x)
-        y = MultiHeadDotProductAttention(
-            self.num_heads,
-            self.attention_dropout_rate,
-            self.lora_rank,
-            self.lora_alpha,
-            self.precision,
-            name="MultiHeadDotProductAttention_1",
-        )(y, deterministic=deterministic)
-        x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-        y = nn.LayerNorm(epsilon=1e-6, dtype=dtype, name="LayerNorm_2")(x)
-        y = MlpBlock(
-            self.mlp_dim,
-            self.dropout_rate,
-            self.gelu_approximate,
-            self.precision,
-            name="MlpBlock_3",
-        )(y, deterministic=deterministic)
-        return x + y
-
-
 class Encoder(nn.Module):
     """Position embeddings, the blocks and the final LayerNorm (`Transformer/...`).
 
-    Subclasses add tokens through two hooks: `extra_tokens` runs once and creates what is inserted
-    (the base class: nothing), `insert_tokens` runs before every block and places it. `train` drives
-    the subclass's own dropout, `backbone_train` the backbone's, so a frozen backbone can run
-    deterministic while prompts train. `lora_rank > 0` adds LoRA factors to every block's attention.
+    Additions attach at two sites here. `tokens` (VPT prompts, as the official implementation
+    defines them): the prompts are inserted right after the class token at the input of block 0,
+    after the position embeddings were added (no position embedding, no embedding dropout of their
+    own); deep prompts have a set per block, and before every later block `i` the `p` prompt slots
+    are *replaced* by set `i` (the previous block's prompt outputs are dropped), so the sequence
+    stays `1 + p + N` tokens. Prompt dropout is drawn per example and runs with `train`; the
+    backbone's dropout runs with `backbone_train`, so a frozen backbone can run deterministic while
+    prompts train. `attention`: passed to every block's attention (LoRA).
     """
 
     num_layers: int
@@ -243,20 +102,9 @@ class Encoder(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     gelu_approximate: bool = True
-    patch_size: int = 16  # informs subclasses (the VPT prompt init depends on it)
-    lora_rank: int = 0  # rank of LoRA updates on attention query/value; 0: none
-    lora_alpha: float = 1.0  # LoRA updates are scaled by lora_alpha / lora_rank
+    patch_size: int = 16  # the prompt initialisation depends on it
     precision: str = "float32"  # compute precision (see models/precision.py)
-
-    def extra_tokens(self, width: int, *, train: bool) -> Array | None:
-        """Creates the tokens to insert (the base class inserts none)."""
-        del width, train
-        return None
-
-    def insert_tokens(self, x: Array, layer: int, extra: Array | None, *, train: bool) -> Array:
-        """Returns the token sequence fed to block `layer` (unchanged here)."""
-        del layer, extra, train
-        return x
+    additions: tuple[Addition, ...] = ()  # what a strategy attaches (tokens and attention sites)
 
     @nn.compact
     def __call__(
@@ -265,25 +113,39 @@ class Encoder(nn.Module):
         out: dict[str, Array] = {}
         x = AddPositionEmbs(name="posembed_input")(x)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not backbone_train)
-        extra = self.extra_tokens(x.shape[-1], train=train)
+        prompts = at_site(self.additions, TOKENS)
+        if len(prompts) > 1 or any(not isinstance(p, Prompts) for p in prompts):
+            raise ValueError(f"the ViT takes one set of prompts at its tokens site; got {prompts}")
+        prompt = prompts[0] if prompts else None
+        sets = None
+        if prompt is not None:
+            num_sets = self.num_layers if prompt.deep else 1
+            sets = prompt.module(num_sets=num_sets, width=x.shape[-1], patch_size=self.patch_size)()
         for i in range(self.num_layers):
-            x = out[f"block_{i}_input"] = self.insert_tokens(x, i, extra, train=train)
+            if prompt is not None and (i == 0 or prompt.deep):
+                x = self._insert_prompts(x, sets[i], prompt, first=i == 0, train=train)
+            out[f"block_{i}_input"] = x
             x = out[f"block_{i}"] = Encoder1DBlock(
                 self.num_heads,
                 self.mlp_dim,
                 self.dropout_rate,
                 self.attention_dropout_rate,
                 self.gelu_approximate,
-                self.lora_rank,
-                self.lora_alpha,
                 self.precision,
+                at_site(self.additions, ATTENTION),
                 name=f"encoderblock_{i}",
             )(x, deterministic=not backbone_train)
         norm = nn.LayerNorm(epsilon=1e-6, dtype=policy(self.precision).dtype, name="encoder_norm")
         return norm(x), out
 
-
-EncoderFactory = Callable[..., nn.Module]
+    def _insert_prompts(
+        self, x: Array, prompts: Array, prompt: Prompts, *, first: bool, train: bool
+    ) -> Array:
+        p = prompt.count
+        prompts = jnp.broadcast_to(prompts.astype(x.dtype), (x.shape[0], p, x.shape[-1]))
+        prompts = nn.Dropout(prompt.dropout)(prompts, deterministic=not train)
+        rest = x[:, 1:] if first else x[:, 1 + p :]  # later blocks: drop the old prompt outputs
+        return jnp.concatenate([x[:, :1], prompts, rest], axis=1)
 
 
 class VisionTransformer(nn.Module):
@@ -293,13 +155,19 @@ class VisionTransformer(nn.Module):
     (patch tokens), `block_{i}_input` and `block_{i}` (each block's input and output tokens),
     `encoded` (all tokens after `encoder_norm`), `pre_logits` (the features the head reads) and
     `logits`. Without a head (`num_classes=None`) the first return value is `pre_logits`.
+    `additions` (`vpt_jax.models.additions`) attach at the tokens and attention sites of the encoder
+    and at the head site (between `pre_logits` and the head).
     """
 
     config: ViTConfig
     num_classes: int | None = None
-    encoder: EncoderFactory = Encoder  # injectable: e.g. functools.partial(PromptedEncoder, ...)
+    additions: tuple[Addition, ...] = ()  # what a tuning strategy attaches (prompts, LoRA, ...)
     head_init: Callable[..., Array] = nn.initializers.zeros  # zeros, as google's fine-tuning does
-    head_mlp_dims: tuple[int, ...] = ()  # hidden widths of an MLP (ReLU) head; () = linear head
+
+    @property
+    def extra_tokens(self) -> int:
+        """Tokens between the class token and the patches (prompts)."""
+        return count_extra_tokens(self.additions)
 
     @nn.compact
     def __call__(
@@ -320,7 +188,7 @@ class VisionTransformer(nn.Module):
         x = jnp.concatenate(
             [jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[2])).astype(x.dtype), x], 1
         )
-        x, blocks = self.encoder(
+        x, blocks = Encoder(
             num_layers=cfg.num_layers,
             num_heads=cfg.num_heads,
             mlp_dim=cfg.mlp_dim,
@@ -329,6 +197,7 @@ class VisionTransformer(nn.Module):
             gelu_approximate=cfg.gelu_approximate,
             patch_size=cfg.patch_size,
             precision=cfg.precision,
+            additions=self.additions,
             name="Transformer",
         )(x, train=train, backbone_train=backbone_train)
         out.update(blocks)
@@ -337,8 +206,8 @@ class VisionTransformer(nn.Module):
         if cfg.representation_size is not None:
             x = jnp.tanh(nn.Dense(cfg.representation_size, name="pre_logits")(x))
         out["pre_logits"] = x
-        for k, width in enumerate(self.head_mlp_dims):
-            x = nn.relu(nn.Dense(width, name=f"head_mlp_{k}")(x))
+        for addition in at_site(self.additions, HEAD):
+            x = addition(x)
         if self.num_classes:
             x = out["logits"] = nn.Dense(self.num_classes, kernel_init=self.head_init, name="head")(
                 x
@@ -350,7 +219,7 @@ def create_model(
     variant: str | ViTConfig,
     num_classes: int | None = None,
     *,
-    encoder: EncoderFactory = Encoder,
+    additions: tuple[Addition, ...] = (),
     **config_overrides: Any,
 ) -> VisionTransformer:
     """Builds a `VisionTransformer` for a variant name (`"B/16"`) or an explicit `ViTConfig`.
@@ -358,7 +227,7 @@ def create_model(
     Args:
       variant: a published variant such as `"B/16"`, or a `ViTConfig`.
       num_classes: size of the classifier head; None for a feature extractor.
-      encoder: the encoder class (or a partial of one), e.g. a prompted encoder.
+      additions: what a tuning strategy attaches (`vpt_jax.models.additions`), e.g. prompts.
       **config_overrides: `ViTConfig` fields to change (`image_size=384`, `gelu_approximate=False`).
     """
     if isinstance(variant, ViTConfig):
@@ -366,7 +235,7 @@ def create_model(
     else:
         config = ViTConfig.from_variant(variant, **config_overrides)
     config.grid_size  # noqa: B018 - validates image_size against patch_size early
-    return VisionTransformer(config=config, num_classes=num_classes, encoder=encoder)
+    return VisionTransformer(config=config, num_classes=num_classes, additions=tuple(additions))
 
 
 def init_params(model: VisionTransformer, rng: Array | int = 0) -> dict[str, Any]:

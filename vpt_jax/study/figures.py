@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from vpt_jax import atomic
+from vpt_jax.data import parse_dataset
 from vpt_jax.train import records
 
 
@@ -57,7 +58,7 @@ def loss_curves(finals: dict[tuple, dict[str, Any]], eval_split: str, path: str)
             [[r.get(f"{eval_split}_loss", math.nan) for r in rows[:length]] for rows in per_seed],
             axis=0,
         )
-        curves[dataset.split("/")[-1].split(":")[-1]][strategy] = (epochs, train, test)
+        curves[parse_dataset(dataset).short][strategy] = (epochs, train, test)
     if not curves:
         return None
     strategies = sorted({s for c in curves.values() for s in c})

@@ -3,9 +3,11 @@
 For every dataset x strategy (x training size), a grid of learning rate x weight decay is trained on
 the search split and scored on the validation split at the last epoch; the best setting (ties go to
 the smaller learning rate, then the smaller weight decay) is retrained with several seeds on the final
-split and scored on the test split. FT-then-PT's first stage uses FT's selected setting.
+split and scored on the test split. A multi-stage strategy's earlier stage (FT-then-PT's FT) uses
+the setting selected for the strategy it is (`vpt_jax.study.planning`).
 
 Runs are described by `RunSpec`s; a study's runs depend on earlier results only through `select`.
+Which grid a strategy searches and which stages it has are properties the strategy declares.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import ml_collections
 
+from vpt_jax.data import parse_dataset, scaling_splits
 from vpt_jax.errors import UserError
 from vpt_jax.tuning.strategies import STRATEGIES, get_strategy
 
@@ -37,7 +39,7 @@ class RunSpec:
     lr: float
     weight_decay: float
     seed: int
-    ft_lr: float = 0.0  # ft_then_pt only: the first stage's (FT's selected) learning rate
+    ft_lr: float = 0.0  # multi-stage strategies: the earlier stage's learning rate
     ft_weight_decay: float = 0.0  # and weight decay
 
     @property
@@ -61,10 +63,17 @@ class RunSpec:
 def grid_for(
     study: ml_collections.ConfigDict, strategy: str
 ) -> tuple[Sequence[float], Sequence[float]]:
-    """(learning rates, weight decays) searched for a strategy: by its optimizer (AdamW: FT grid)."""
-    optimizer = get_strategy(strategy, num_prompts=1).optimizer
-    grid = study.grids.finetune if optimizer == "adamw" else study.grids.prompt
+    """(learning rates, weight decays) searched for a strategy: the grid it declares."""
+    grid = study.grids[get_strategy(strategy).grid]
     return tuple(grid.lrs), tuple(grid.weight_decays)
+
+
+def earlier_stage(strategy: str) -> str | None:
+    """The strategy a multi-stage strategy's first stage is (whose selected setting it takes)."""
+    stages = get_strategy(strategy).stages
+    if len(stages) > 2:
+        raise UserError(f"strategy {strategy!r} has {len(stages)} stages; studies run at most two")
+    return stages[0].name if stages else None
 
 
 def points(study: ml_collections.ConfigDict) -> list[tuple[int, int]]:
@@ -95,31 +104,28 @@ def check_study(study: ml_collections.ConfigDict) -> None:
         raise UserError(f"study.train_sizes must be positive multiples of 4: {study.train_sizes}")
 
 
-def search_specs(
-    study: ml_collections.ConfigDict, ft_choice: Mapping | None = None
-) -> list[RunSpec]:
-    """Every grid run. `ft_choice` maps (dataset, size, shots) to FT's selected (lr, wd)."""
+def search_specs(study: ml_collections.ConfigDict, inherited: Mapping) -> list[RunSpec]:
+    """Every grid run known now.
+
+    Args:
+      study: the `study` section.
+      inherited: (earlier-stage strategy, dataset, size, shots) -> its (lr, wd); the grid of a
+        multi-stage strategy waits (is left out) until its earlier stage's setting is there.
+    """
     specs = []
     for dataset, strategy, (size, shots) in itertools.product(
         study.datasets, study.strategies, points(study)
     ):
+        earlier = earlier_stage(strategy)
+        stage = (0.0, 0.0) if earlier is None else inherited.get((earlier, dataset, size, shots))
+        if stage is None:
+            continue  # waits for the earlier stage's selection
         lrs, wds = grid_for(study, strategy)
-        ft = _ft_stage(strategy, dataset, size, shots, ft_choice)
-        if ft is None:
-            continue  # waits for FT's selection
         for lr, wd in itertools.product(lrs, wds):
             specs.append(
-                RunSpec(SEARCH, dataset, strategy, size, shots, lr, wd, study.search.seed, *ft)
+                RunSpec(SEARCH, dataset, strategy, size, shots, lr, wd, study.search.seed, *stage)
             )
     return specs
-
-
-def _ft_stage(strategy, dataset, size, shots, ft_choice) -> tuple[float, float] | None:
-    if strategy != "ft_then_pt":
-        return (0.0, 0.0)
-    if ft_choice is None:
-        return None
-    return ft_choice.get((dataset, size, shots))
 
 
 def select(results: Sequence[tuple[RunSpec, float]]) -> RunSpec | None:
@@ -142,16 +148,13 @@ def final_specs(study: ml_collections.ConfigDict, selected: RunSpec) -> list[Run
 
 def run_config(study_config: ml_collections.ConfigDict, spec: RunSpec) -> ml_collections.ConfigDict:
     """The run config of one spec: the study's `run` template with the spec's settings."""
-    from vpt_jax.data import scaling_splits
-    from vpt_jax.tuning.budget import PAPER_PROMPT_LENGTHS
-
     study = study_config.study
     c = ml_collections.ConfigDict(study_config.run.to_dict())
     c.data.dataset = spec.dataset
     phase = study.search if spec.phase == SEARCH else study.final
     train_split, eval_split = phase.train_split, phase.eval_split
+    task = parse_dataset(spec.dataset).vtab_task  # None for other data: no sizes to check
     if spec.size:
-        task = _vtab_task(spec.dataset)
         splits = scaling_splits(spec.size, task)
         train_split = splits.train if spec.phase == SEARCH else splits.trainval
         eval_split = splits.val if spec.phase == SEARCH else phase.eval_split
@@ -159,10 +162,8 @@ def run_config(study_config: ml_collections.ConfigDict, spec: RunSpec) -> ml_col
     c.data.eval_splits = (eval_split,)
     c.data.shots = spec.shots
     c.strategy.name = spec.strategy
-    task_name = spec.dataset.split("/", 1)[1] if spec.dataset.startswith("vtab/") else None
     # 0: the per-task lengths the paper's numbers imply (VTAB), 10 for other data.
-    prompts: Any = study.num_prompts or PAPER_PROMPT_LENGTHS.get(task_name, 10)
-    c.strategy.num_prompts = int(prompts)
+    c.strategy.num_prompts = int(study.num_prompts or (task.prompt_length if task else 10))
     c.optimizer.lr = spec.lr
     c.optimizer.weight_decay = spec.weight_decay
     if spec.ft_lr:
@@ -170,11 +171,3 @@ def run_config(study_config: ml_collections.ConfigDict, spec: RunSpec) -> ml_col
         c.ft_stage.weight_decay = spec.ft_weight_decay
     c.train.seed = spec.seed
     return c
-
-
-def _vtab_task(dataset: str):
-    if not dataset.startswith("vtab/"):
-        return None  # procedural / other data: no table to check the size against
-    from vpt_jax.data import get_task
-
-    return get_task(dataset.split("/", 1)[1])

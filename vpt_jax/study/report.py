@@ -7,44 +7,28 @@ Works on a partially finished study: what is done is reported, what is missing i
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
 import math
 import os
 import statistics
-import sys
 from collections import defaultdict
 from typing import Any
 
 import ml_collections
+from absl import flags
 
-from vpt_jax import atomic
-from vpt_jax.study import protocol
+from vpt_jax import atomic, cli
+from vpt_jax.data import GROUPS, parse_dataset
+from vpt_jax.errors import UserError
+from vpt_jax.study import figures, protocol
+from vpt_jax.study.planning import missing_runs
 from vpt_jax.study.store import StudyStore
 from vpt_jax.train import records
 
 log = logging.getLogger("vpt_jax")
-GROUP_ORDER = ("natural", "specialized", "structured", "other")
-
-
-def dataset_group(dataset: str) -> str:
-    """natural / specialized / structured (VTAB's groups; procedural tasks by their analogue)."""
-    if dataset.startswith("vtab/"):
-        from vpt_jax.data import get_task
-
-        return get_task(dataset.split("/", 1)[1]).group
-    if dataset.startswith("procedural:"):
-        from vpt_jax.data import get_procedural_task
-
-        group = get_procedural_task(dataset.split(":", 1)[1]).group
-        return group if group in GROUP_ORDER else "other"
-    return "other"
-
-
-def short_name(dataset: str) -> str:
-    return dataset.split("/", 1)[1] if dataset.startswith("vtab/") else dataset.split(":", 1)[-1]
+GROUP_ORDER = (*GROUPS, "other")  # tables list tasks by group; datasets without one come last
 
 
 def collect(config: ml_collections.ConfigDict, store: StudyStore) -> dict[str, Any]:
@@ -71,11 +55,12 @@ def summarise(finals: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
     for (dataset, strategy, size, shots), entry in sorted(finals.items()):
         scores = [s for s in entry["scores"] if not math.isnan(s)]
         spec = entry["spec"]
+        name = parse_dataset(dataset)
         rows.append(
             {
-                "dataset": dataset,
-                "task": short_name(dataset),
-                "group": dataset_group(dataset),
+                "dataset": str(name),
+                "task": name.short,
+                "group": name.group or "other",
                 "strategy": strategy,
                 "size": size,
                 "shots": shots,
@@ -99,8 +84,6 @@ def paper_table(rows: list[dict[str, Any]], ft: str) -> str:
         if shots:
             title += f", {shots}-shot"
         tasks = sorted({(r["group"], r["task"]) for r in point_rows}, key=_group_key)
-        strategies = list(dict.fromkeys(r["strategy"] for r in point_rows))
-        cell = {(r["strategy"], r["task"]): r for r in point_rows}
         groups = [g for g in GROUP_ORDER if any(t[0] == g for t in tasks)]
         header = (
             [t for _, t in tasks]
@@ -110,49 +93,27 @@ def paper_table(rows: list[dict[str, Any]], ft: str) -> str:
         out.append(f"### {title}\n")
         out.append("| strategy | " + " | ".join(header) + " |")
         out.append("|---" * (len(header) + 1) + "|")
-        for strategy in strategies:
-            values = []
-            for _, task in tasks:
-                r = cell.get((strategy, task))
-                values.append(f"{r['mean']:.1f} ± {r['std']:.1f}" if r else "—")
-            for g in groups:
-                values.append(
-                    _fmt(
-                        _mean(
-                            [
-                                cell[(strategy, t)]["mean"]
-                                for gg, t in tasks
-                                if gg == g and (strategy, t) in cell
-                            ]
-                        )
-                    )
-                )
-            values.append(
-                _fmt(
-                    _mean([cell[(strategy, t)]["mean"] for _, t in tasks if (strategy, t) in cell])
-                )
-            )
-            wins = [
-                cell[(strategy, t)]["mean"] > cell[(ft, t)]["mean"]
-                for _, t in tasks
-                if (strategy, t) in cell and (ft, t) in cell
-            ]
-            values.append("—" if strategy == ft else f"{sum(wins)}/{len(wins)}")
-            values.append(
-                _fmt(
-                    _mean(
-                        [
-                            cell[(strategy, t)]["tuned_percent"]
-                            for _, t in tasks
-                            if (strategy, t) in cell
-                        ]
-                    ),
-                    3,
-                )
-            )
+        cell = {(r["strategy"], r["task"]): r for r in point_rows}
+        for strategy in dict.fromkeys(r["strategy"] for r in point_rows):
+            values = _table_row(cell, strategy, tasks, groups, ft)
             out.append(f"| {strategy} | " + " | ".join(values) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def _table_row(cell: dict, strategy: str, tasks: list, groups: list, ft: str) -> list[str]:
+    """One strategy's cells: per task, per group mean, mean, wins against `ft`, tuned/total."""
+    mine = {t: cell[(strategy, t)] for _, t in tasks if (strategy, t) in cell}
+    values = [
+        f"{mine[t]['mean']:.1f} ± {mine[t]['std']:.1f}" if t in mine else "—" for _, t in tasks
+    ]
+    for g in groups:
+        values.append(_fmt(_mean([mine[t]["mean"] for gg, t in tasks if gg == g and t in mine])))
+    values.append(_fmt(_mean([r["mean"] for r in mine.values()])))
+    wins = [r["mean"] > cell[(ft, t)]["mean"] for t, r in mine.items() if (ft, t) in cell]
+    values.append("—" if strategy == ft else f"{sum(wins)}/{len(wins)}")
+    values.append(_fmt(_mean([r["tuned_percent"] for r in mine.values()]), 3))
+    return values
 
 
 def _by_point(rows):
@@ -185,18 +146,8 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def missing_runs(config: ml_collections.ConfigDict, store: StudyStore) -> tuple[list[str], bool]:
-    """Run ids not finished yet, and whether further runs (finals) still depend on them."""
-    from vpt_jax.study.runner import plan
-
-    specs, waiting = plan(config, store)
-    return [s.run_id for s in specs if not store.done(s)], waiting
-
-
 def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Writes report/{results.md, results.csv, results.json, *.png}; returns the summary rows."""
-    from vpt_jax.study import figures
-
     store = StudyStore(workdir, config.study.claim_timeout_s)
     finals = collect(config, store)
     rows = summarise(finals)
@@ -233,29 +184,37 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     lines += ["", "Figures: " + ", ".join(os.path.basename(f) for f in figures_written)]
     atomic.write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
     atomic.write_text(os.path.join(out_dir, "results.csv"), to_csv(rows))
-    standard = {r["task"]: {} for r in rows if not r["size"] and not r["shots"]}
+    # Keyed by the canonical dataset name, as the distance command's FID tables are.
+    standard = {r["dataset"]: {} for r in rows if not r["size"] and not r["shots"]}
     for r in rows:
         if not r["size"] and not r["shots"]:
-            standard[r["task"]][r["strategy"]] = r["mean"]
+            standard[r["dataset"]][r["strategy"]] = r["mean"]
     records.write_json(os.path.join(out_dir, "results.json"), standard)
     log.info("report written to %s (%d results, %d runs missing)", out_dir, len(rows), len(missing))
     return {"rows": rows, "missing": missing, "waiting": waiting, "figures": figures_written}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a study's report from its records.")
-    parser.add_argument("--workdir", required=True, help="the study's directory")
-    args = parser.parse_args(argv)
-    path = os.path.join(args.workdir, "study.json")
+def _define(values: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "the study's directory", flag_values=values, required=True)
+
+
+def _report(values: flags.FlagValues, rest: list[str]) -> dict[str, Any]:
+    cli.no_arguments(rest)
+    path = os.path.join(values.workdir, "study.json")
     if not os.path.exists(path):
-        print(f"error: {args.workdir} is not a study directory (no study.json)", file=sys.stderr)
-        sys.exit(2)
+        raise UserError(f"{values.workdir} is not a study directory (no study.json)")
     config = ml_collections.ConfigDict(records.read_json(path))
-    result = write_report(config, args.workdir)
-    with open(os.path.join(args.workdir, "report", "results.md")) as f:
+    result = write_report(config, values.workdir)
+    with open(os.path.join(values.workdir, "report", "results.md")) as f:
         print(f.read())
     if result["missing"]:
         print(f"{len(result['missing'])} runs missing")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: writes a study's report from its records and prints it."""
+    cli.run(__doc__, _define, _report, argv, prog="python -m vpt_jax.study.report")
 
 
 if __name__ == "__main__":

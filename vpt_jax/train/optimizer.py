@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,3 +78,38 @@ def make_optimizer(
         return optax.chain(optax.clip_by_global_norm(grad_clip), tx) if grad_clip else tx
 
     return optax.inject_hyperparams(build)(learning_rate=lr, weight_decay=weight_decay)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer without its learning rate and weight decay, which are state (see above).
+
+    Hashable: it is part of what the compiled train step is specialised on, so the runs of a grid
+    (equal specs, other lr and weight decay) share one compiled program.
+    """
+
+    name: str  # sgd | adamw
+    warmup_steps: int  # linear warmup from 0 over these steps
+    total_steps: int  # cosine decay to 0 at this step
+    momentum: float = 0.9
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 0.0
+
+    def build(
+        self, labels: Mapping[str, Any], lr: float = 0.0, weight_decay: float = 0.0
+    ) -> optax.GradientTransformation:
+        """The optimizer; `lr` and `weight_decay` only seed the state `init` creates."""
+        return make_optimizer(
+            labels,
+            name=self.name,
+            lr=lr,
+            weight_decay=weight_decay,
+            schedule_shape=schedule(1.0, self.warmup_steps, self.total_steps),
+            momentum=self.momentum,
+            b1=self.b1,
+            b2=self.b2,
+            eps=self.eps,
+            grad_clip=self.grad_clip,
+        )

@@ -70,3 +70,35 @@ class MetricsLog:
 
 def write_jsonl(path: str, rows: list[Mapping[str, Any]]) -> None:
     atomic.write_text(path, "".join(json.dumps(dict(row), sort_keys=True) + "\n" for row in rows))
+
+
+class RunLog:
+    """A run's per-epoch records: `metrics.jsonl` and TensorBoard summaries (process 0 writes)."""
+
+    def __init__(self, workdir: str, keep_through: tuple[int, int] | None, *, writes: bool):
+        from clu import metric_writers
+
+        self.workdir = workdir
+        self.metrics = MetricsLog(os.path.join(workdir, METRICS), keep_through) if writes else None
+        self.writer = (
+            metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
+            if writes
+            else metric_writers.MultiWriter([])
+        )
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Records one epoch (`stage`, `epoch`, `step` and scalars)."""
+        if self.metrics is None:
+            return
+        self.metrics.append(row)
+        scalars = {k: v for k, v in row.items() if k not in ("stage", "epoch", "step")}
+        self.writer.write_scalars(row["step"], scalars)
+
+    def last_row(self, stage: int, epoch: int) -> dict[str, Any] | None:
+        """The record of a stage's epoch written before (by an earlier process), if any."""
+        rows = read_metrics(os.path.join(self.workdir, METRICS))
+        found = [r for r in rows if r["stage"] == stage and r["epoch"] == epoch]
+        return found[-1] if found else None
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,21 +1,33 @@
-"""The train and evaluation steps, at module level so tests and benchmarks import them.
+"""The train and evaluation steps, and their compiled forms, at module level.
 
 Gradients are taken only with respect to the trainable leaves: the frozen part of the tree enters the
 loss as a constant, so XLA computes no weight gradients for it (only the input gradients that reach
 earlier trainable leaves, such as deep prompts). The optimizer is the label-driven
 `optax.multi_transform`; frozen leaves receive `set_to_zero` updates (zeros that XLA folds away).
+
+`train_on_indices` and `accumulate_eval` are the jitted functions the trainer calls. They are
+specialised on a hashable `TrainProgram` / `EvalProgram` (static arguments): runs whose programs are
+equal (a grid's runs differ only in learning rate and weight decay, which are optimizer state) reuse
+one compiled step in-process, and their jit caches say how often each compiled.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding
 
+from vpt_jax import paths
+from vpt_jax.data.preprocess import preprocess_batch
+from vpt_jax.train.optimizer import OptimizerSpec
 from vpt_jax.tuning.rules import merge, split
 
 Batch = Mapping[str, jax.Array]
@@ -114,3 +126,86 @@ def eval_step(
         "correct": jnp.sum(correct * mask),
         "count": jnp.sum(mask),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """How raw uint8 images become model inputs on the device."""
+
+    normalization: str = "inception"
+    flip: bool = False
+    crop_padding: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+    """What the compiled train step is specialised on; equal programs share one compilation."""
+
+    model: nn.Module
+    labels: tuple[tuple[str, str], ...]  # (path, label) of every leaf, in the tree's order
+    optimizer: OptimizerSpec
+    backbone_train: bool  # whether the backbone's dropout runs
+    augmentation: Augmentation
+    batch_sharding: NamedSharding
+
+    @classmethod
+    def create(cls, model, labels: Mapping[str, Any], **fields: Any) -> TrainProgram:
+        return cls(model, tuple(paths.flatten(labels).items()), **fields)
+
+    def label_tree(self) -> dict[str, Any]:
+        return paths.unflatten(dict(self.labels))
+
+    def tx(self, lr: float = 0.0, weight_decay: float = 0.0) -> optax.GradientTransformation:
+        """The optimizer (`lr` and `weight_decay` seed the state `init` creates)."""
+        return self.optimizer.build(self.label_tree(), lr, weight_decay)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalProgram:
+    """What the compiled evaluation step is specialised on."""
+
+    model: nn.Module
+    normalization: str
+
+
+@functools.partial(jax.jit, static_argnames="program", donate_argnums=(0, 1))
+def train_on_indices(state, sums, train_arrays, indices, mask, *, program: TrainProgram):
+    """Gathers a step's examples from the on-device split, trains, and accumulates loss sums.
+
+    Args:
+      state: the `TrainState`.
+      sums: `(loss * n, correct, n)` accumulated over the epoch so far.
+      train_arrays: `{"image", "label"}` of the whole training split, on the devices.
+      indices: the step's example indices (padded to the batch size).
+      mask: which of them are real.
+      program: the static specialisation.
+    """
+    gather = lambda x: jax.lax.with_sharding_constraint(x[indices], program.batch_sharding)
+    aug_rng = jax.random.fold_in(state.rng, 1)
+    aug = program.augmentation
+    batch = {"image": gather(train_arrays["image"]), "label": gather(train_arrays["label"])}
+    state, metrics = train_step(
+        state,
+        dict(batch, mask=mask),
+        apply_fn=program.model.apply,
+        tx=program.tx(),
+        labels=program.label_tree(),
+        backbone_train=program.backbone_train,
+        preprocess=lambda images: preprocess_batch(
+            images,
+            rng=aug_rng,
+            normalization=aug.normalization,
+            flip=aug.flip,
+            crop_padding=aug.crop_padding,
+        ),
+    )
+    n = jnp.sum(mask.astype(jnp.float32))
+    return state, sums + jnp.stack([metrics["loss"] * n, metrics["accuracy"] * n, n])
+
+
+@functools.partial(jax.jit, static_argnames="program", donate_argnums=(0,))
+def accumulate_eval(sums, params, batch, *, program: EvalProgram):
+    """Adds a padded batch's `(loss sum, correct, count)` to `sums`."""
+    preprocess = functools.partial(preprocess_batch, normalization=program.normalization)
+    out = eval_step(params, batch, apply_fn=program.model.apply, preprocess=preprocess)
+    return sums + jnp.stack([out["loss_sum"], out["correct"], out["count"]])

@@ -21,36 +21,17 @@ import numpy as np
 
 from vpt_jax import paths
 from vpt_jax.errors import UserError
+from vpt_jax.models import additions
 from vpt_jax.models.checkpoint import atomic_write_npz, load_pretrained, read_npz, save_npz
-from vpt_jax.models.lora import merge_lora
-from vpt_jax.models.vit import VisionTransformer, ViTConfig
-from vpt_jax.tuning.rules import FROZEN, label_paths
+from vpt_jax.models.family import ParamLayout, family_of
+from vpt_jax.models.vit import VisionTransformer, ViTConfig, param_shapes
+from vpt_jax.tuning.budget import parameter_budget, tuned_paths
 from vpt_jax.tuning.strategies import Strategy
 
 META_KEY = "__vpt_jax_meta__"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: additions as declarations (1: as strategy fields; still read)
 # Leaves that identify a backbone cheaply (hashing all 86M parameters at every load is not needed).
 _FINGERPRINT_KEYS = ("cls", "embedding/kernel", "Transformer/encoder_norm/scale")
-
-
-def tuned_paths(strategy: Strategy, params: Mapping[str, Any]) -> list[str]:
-    """Paths of the leaves trained in any stage of `strategy`."""
-    keys = list(paths.flatten(params))
-    tuned: set[str] = set()
-    for stage in strategy.stages or (strategy,):
-        stage_keys = [k for k in keys if _exists_in(stage, k)]
-        labels = label_paths(stage_keys, stage.rules)
-        tuned.update(k for k, label in labels.items() if label != FROZEN)
-    return [k for k in keys if k in tuned]
-
-
-def _exists_in(stage: Strategy, key: str) -> bool:
-    # A stage of a multi-stage strategy may lack the final model's additions (FT before prompts).
-    if key.startswith("Transformer/prompt/"):
-        return stage.num_prompts > 0
-    if "_lora/" in key:
-        return stage.lora_rank > 0
-    return True
 
 
 def fingerprint(params: Mapping[str, Any]) -> str:
@@ -63,15 +44,56 @@ def fingerprint(params: Mapping[str, Any]) -> str:
 
 
 def strategy_to_dict(strategy: Strategy) -> dict[str, Any]:
-    return dataclasses.asdict(strategy)
+    """The strategy as JSON-ready data (its layout follows from the backbone's config)."""
+    return {
+        "name": strategy.name,
+        "rules": [list(rule) for rule in strategy.rules],
+        "additions": [a.to_dict() for a in strategy.additions],
+        "backbone_dropout": strategy.backbone_dropout,
+        "optimizer": strategy.optimizer,
+        "grid": strategy.grid,
+        "stages": [strategy_to_dict(stage) for stage in strategy.stages],
+    }
 
 
-def strategy_from_dict(data: Mapping[str, Any]) -> Strategy:
-    fields = dict(data)
-    fields["rules"] = tuple(tuple(rule) for rule in fields["rules"])
-    fields["head_mlp_dims"] = tuple(fields.get("head_mlp_dims", ()))
-    fields["stages"] = tuple(strategy_from_dict(s) for s in fields.get("stages", ()))
-    return Strategy(**fields)
+def strategy_from_dict(data: Mapping[str, Any], layout: ParamLayout) -> Strategy:
+    """The strategy `strategy_to_dict` wrote, on a backbone of `layout`."""
+    return Strategy(
+        name=data["name"],
+        rules=tuple(tuple(rule) for rule in data["rules"]),
+        additions=tuple(additions.from_dict(a) for a in data["additions"]),
+        layout=layout,
+        backbone_dropout=data["backbone_dropout"],
+        optimizer=data["optimizer"],
+        grid=data["grid"],
+        stages=tuple(strategy_from_dict(stage, layout) for stage in data["stages"]),
+    )
+
+
+def _strategy_v1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Format 1 held additions as fields (num_prompts, lora_rank, head_mlp_dims)."""
+    found: list[dict[str, Any]] = []
+    if data.get("num_prompts"):
+        prompts = additions.Prompts(
+            data["num_prompts"],
+            deep=data["deep_prompts"],
+            dropout=data["prompt_dropout"],
+            dim=data["prompt_dim"],
+        )
+        found.append(prompts.to_dict())
+    if data.get("lora_rank"):
+        found.append(additions.LoRA(data["lora_rank"], data["lora_alpha"]).to_dict())
+    if data.get("head_mlp_dims"):
+        found.append(additions.MLPHead(tuple(data["head_mlp_dims"])).to_dict())
+    return {
+        "name": data["name"],
+        "rules": data["rules"],
+        "additions": found,
+        "backbone_dropout": data["backbone_dropout"],
+        "optimizer": data["optimizer"],
+        "grid": "finetune" if data["optimizer"] == "adamw" else "prompt",
+        "stages": [_strategy_v1(stage) for stage in data.get("stages", ())],
+    }
 
 
 def export_artifact(
@@ -100,14 +122,15 @@ def export_artifact(
     """
     flat = {k: np.asarray(jax.device_get(v)) for k, v in paths.flatten(params).items()}
     keep = tuned_paths(strategy, params)
+    counted = parameter_budget(strategy, params)
     meta = {
         "format_version": FORMAT_VERSION,
         "config": dataclasses.asdict(config),
         "num_classes": num_classes,
         "strategy": strategy_to_dict(strategy),
         "base_fingerprint": fingerprint(base_params if base_params is not None else params),
-        "tuned_parameters": int(sum(flat[k].size for k in keep)),
-        "total_parameters": int(sum(v.size for v in flat.values())),
+        "tuned_parameters": counted.tuned,
+        "total_parameters": counted.total,
         "extra": dict(extra or {}),
     }
     arrays = {k: flat[k] for k in keep}
@@ -125,8 +148,16 @@ def read_artifact(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[
             "exported (artifact.npz in its workdir)"
         )
     meta = json.loads(flat.pop(META_KEY).tobytes().decode())
+    if meta.get("format_version") == 1:  # as JSON, so both formats read back alike
+        upgraded = dict(
+            meta, format_version=FORMAT_VERSION, strategy=_strategy_v1(meta["strategy"])
+        )
+        meta = json.loads(json.dumps(upgraded))
     if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{os.fspath(path)} has artifact format {meta.get('format_version')}")
+        raise UserError(
+            f"{os.fspath(path)} has artifact format {meta.get('format_version')}, this vpt_jax "
+            f"reads formats 1 and {FORMAT_VERSION}; update vpt_jax"
+        )
     return flat, meta
 
 
@@ -143,8 +174,9 @@ def load_artifact(
       `(model, params, metadata)`, ready for `model.apply({"params": params}, images)`.
     """
     flat, meta = read_artifact(path)
-    strategy = strategy_from_dict(meta["strategy"]).final
-    model = strategy.build_model(ViTConfig(**meta["config"]), meta["num_classes"])
+    config = ViTConfig(**meta["config"])
+    strategy = strategy_from_dict(meta["strategy"], family_of(config).layout).final
+    model = strategy.build_model(config, meta["num_classes"])
     if isinstance(base_checkpoint, Mapping):
         base = paths.flatten(base_checkpoint)
     else:
@@ -163,16 +195,10 @@ def load_artifact(
                 f"{os.fspath(path)}: {key} has shape {value.shape}, the model {merged[key].shape}"
             )
         merged[key] = value
-    missing = [k for k in paths.flatten(_shapes(model)) if k not in merged]
+    missing = [k for k in paths.flatten(param_shapes(model)) if k not in merged]
     if missing:
         raise UserError(f"{os.fspath(path)} lacks {', '.join(missing)}; the artifact is incomplete")
     return model, paths.unflatten(merged), meta
-
-
-def _shapes(model: VisionTransformer) -> dict[str, Any]:
-    from vpt_jax.models.vit import param_shapes
-
-    return param_shapes(model)
 
 
 def export_merged_checkpoint(
@@ -181,11 +207,13 @@ def export_merged_checkpoint(
     """Writes a plain-ViT `.npz` (original layout) with LoRA factors merged into the kernels.
 
     The file loads in any tool that reads google-research checkpoints (keep the head with
-    `load_pretrained(..., keep_head=True)`). Prompted models cannot be merged: they are not a plain ViT.
+    `load_pretrained(..., keep_head=True)`). Models with other additions (prompts, an MLP head) are
+    not a plain ViT and cannot be merged.
     """
-    if strategy.final.num_prompts:
-        raise UserError("a prompted model cannot be merged into a plain ViT; export its artifact")
-    if strategy.final.head_mlp_dims:
-        raise UserError("a model with an MLP head is not a plain ViT; export its artifact")
-    plain = merge_lora(params, strategy.final.lora_alpha) if strategy.final.lora_rank else params
+    plain = params
+    for addition in strategy.final.additions:
+        if not isinstance(addition, additions.LoRA):
+            what = "a prompted model" if addition.extra_tokens else f"a model with {addition.kind}"
+            raise UserError(f"{what} cannot be merged into a plain ViT; export its artifact")
+        plain = addition.merge(plain)
     save_npz(path, plain)

@@ -1,45 +1,28 @@
-"""Parameter budgets: `tuned / total` per task, as the paper's tables report it.
+"""Parameter budgets: `tuned / total` per task, as the paper's tables report it, counted in one place.
 
 `tuned` counts the leaves a strategy trains (in any stage); `total` counts the whole tuned model,
 i.e. the backbone without `pre_logits`/head plus what the strategy adds and trains. For additive
 methods (VPT, linear, LoRA) this is the paper's `tuned / (backbone + tuned)`; for FT it is 100%.
+Runs, artifacts and the table below all count with `parameter_budget`.
 
     python -m vpt_jax.tuning.budget                       # VPT-deep, ViT-B/16, the 19 VTAB-1k tasks
-    python -m vpt_jax.tuning.budget --strategy vpt_shallow --variant B/16
+    python -m vpt_jax.tuning.budget --strategy=vpt_shallow --variant=B/16
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
-from vpt_jax import paths
+import numpy as np
+from absl import flags
+
+from vpt_jax import cli, paths
+from vpt_jax.errors import UserError
 from vpt_jax.models.vit import ViTConfig, param_shapes
-from vpt_jax.tuning.artifact import tuned_paths
+from vpt_jax.tuning.rules import FROZEN, label_paths
 from vpt_jax.tuning.strategies import STRATEGIES, Strategy, get_strategy
-
-# VPT-deep prompt lengths per task that the published ViT-B/16 numbers imply (../shared/DESIGN.md).
-PAPER_PROMPT_LENGTHS = {
-    "cifar100": 10,
-    "caltech101": 10,
-    "dtd": 10,
-    "oxford_flowers102": 1,
-    "oxford_iiit_pet": 1,
-    "svhn_cropped": 50,
-    "sun397": 5,
-    "patch_camelyon": 100,
-    "eurosat": 100,
-    "resisc45": 10,
-    "diabetic_retinopathy": 1,
-    "clevr_count": 50,
-    "clevr_distance": 200,
-    "dmlab": 100,
-    "kitti_distance": 50,
-    "dsprites_location": 10,
-    "dsprites_orientation": 50,
-    "smallnorb_azimuth": 200,
-    "smallnorb_elevation": 200,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,23 +35,39 @@ class Budget:
         return 100.0 * self.tuned / self.total
 
 
+def tuned_paths(strategy: Strategy, params: Mapping[str, Any]) -> list[str]:
+    """Paths of the leaves trained in any stage of `strategy`, in the tree's order."""
+    keys = list(paths.flatten(params))
+    tuned: set[str] = set()
+    for stage in strategy.stages or (strategy,):
+        labels = label_paths(strategy.stage_keys(stage, keys), stage.rules)
+        tuned.update(k for k, label in labels.items() if label != FROZEN)
+    return [k for k in keys if k in tuned]
+
+
+def parameter_budget(strategy: Strategy, params: Mapping[str, Any]) -> Budget:
+    """Tuned and total parameters of a tree (arrays or `ShapeDtypeStruct`s) under `strategy`."""
+    flat = paths.flatten(params)
+    size = lambda k: int(np.prod(np.shape(flat[k]), dtype=np.int64))
+    return Budget(sum(size(k) for k in tuned_paths(strategy, params)), sum(map(size, flat)))
+
+
 def budget(strategy: Strategy, config: ViTConfig, num_classes: int) -> Budget:
     """Counts tuned and total parameters of `strategy` on a backbone, without allocating it."""
-    shapes = param_shapes(strategy.final.build_model(config, num_classes))
-    flat = paths.flatten(shapes)
-    size = lambda k: int(flat[k].size)
-    tuned = sum(size(k) for k in tuned_paths(strategy, shapes))
-    return Budget(tuned=tuned, total=sum(size(k) for k in flat))
+    return parameter_budget(strategy, param_shapes(strategy.final.build_model(config, num_classes)))
 
 
 def vtab_table(strategy_name: str = "vpt_deep", variant: str = "B/16") -> list[dict]:
     """One row per VTAB-1k task: prompt length, classes, tuned, total and the percentage."""
-    from vpt_jax.data.vtab import VTAB_TASKS  # the task table (classes per task)
+    from vpt_jax.data.vtab import VTAB_TASKS  # the task table (classes, prompt lengths)
 
-    config = ViTConfig.from_variant(variant)
+    try:
+        config = ViTConfig.from_variant(variant)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     rows = []
     for name, task in VTAB_TASKS.items():
-        p = PAPER_PROMPT_LENGTHS[name]
+        p = task.prompt_length
         strategy = get_strategy(strategy_name, num_prompts=p, num_layers=config.num_layers)
         b = budget(strategy, config, task.num_classes)
         rows.append(
@@ -84,13 +83,15 @@ def vtab_table(strategy_name: str = "vpt_deep", variant: str = "B/16") -> list[d
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="tuned / total parameters per VTAB-1k task")
-    parser.add_argument("--strategy", default="vpt_deep", choices=STRATEGIES)
-    parser.add_argument("--variant", default="B/16")
-    args = parser.parse_args(argv)
-    rows = vtab_table(args.strategy, args.variant)
-    print(f"{args.strategy} on ViT-{args.variant}: tuned / total parameters")
+def _define(values: flags.FlagValues) -> None:
+    flags.DEFINE_enum("strategy", "vpt_deep", STRATEGIES, "the strategy", flag_values=values)
+    flags.DEFINE_string("variant", "B/16", "the ViT variant, e.g. B/16", flag_values=values)
+
+
+def _print_table(values: flags.FlagValues, rest: list[str]) -> list[dict]:
+    cli.no_arguments(rest)
+    rows = vtab_table(values.strategy, values.variant)
+    print(f"{values.strategy} on ViT-{values.variant}: tuned / total parameters")
     print(f"| {'task':22} | {'p':>3} | {'classes':>7} | {'tuned':>9} | {'total':>11} | {'%':>6} |")
     print(f"|{'-' * 24}|{'-' * 5}|{'-' * 9}|{'-' * 11}|{'-' * 13}|{'-' * 8}|")
     for r in rows:
@@ -100,6 +101,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     mean = sum(r["percent"] for r in rows) / len(rows)
     print(f"mean over {len(rows)} tasks: {mean:.3f}%")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: the tuned / total table of a strategy over the VTAB-1k tasks."""
+    cli.run(__doc__, _define, _print_table, argv, prog="python -m vpt_jax.tuning.budget")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from vpt_jax.errors import UserError
 
 FROZEN, DECAY, NO_DECAY = "frozen", "decay", "no_decay"
 LABELS = (FROZEN, DECAY, NO_DECAY)
-Rules = Sequence[tuple[str, str]]
+Rule = tuple[str, str]  # (regex, label)
+Rules = Sequence[Rule]
 
 
 class RuleError(UserError):

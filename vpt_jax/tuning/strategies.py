@@ -1,76 +1,82 @@
-"""Tuning strategies as data: a rule table plus the model additions it trains.
+"""Tuning strategies as data: a rule table plus the additions it trains.
 
-A `Strategy` says which parameters train (its rule table, see `rules.py`), what it adds to the ViT
-(prompts, LoRA factors, an MLP head), whether the backbone's dropout runs while training, and, for
-two-stage methods, its stages. Neither the model nor the trainer branches on strategy names: they
-read these fields. `get_strategy(name, ...)` builds the study's strategies; `Strategy(...)` with a
-custom rule table (e.g. from a config) adds a new one.
+A `Strategy` says which parameters train (its rule table, see `rules.py`), what it adds to the
+backbone (`vpt_jax.models.additions`: prompts, LoRA factors, an MLP head), whether the backbone's
+dropout runs while training, the optimizer and hyperparameter grid the paper used for it, and, for
+two-stage methods, its stages. Rule tables name parameters through the backbone family's
+`ParamLayout` (the head, the blocks, the final norm, the additions' paths), never through a
+family's module names. Neither the model, the trainer nor the study branches on strategy names:
+they read these fields. `get_strategy(name, ...)` builds the study's strategies; `Strategy(...)`
+with a custom rule table (e.g. from a config) adds a new one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import re
 from collections.abc import Callable
+from typing import Any
 
 from vpt_jax.errors import UserError
-from vpt_jax.models.prompts import PromptedEncoder
-from vpt_jax.models.vit import Encoder, VisionTransformer, ViTConfig
-from vpt_jax.tuning.rules import DECAY, FROZEN, NO_DECAY, Rules, check_rules
+from vpt_jax.models.additions import Addition, LoRA, MLPHead, Prompts
+from vpt_jax.models.family import VIT_LAYOUT, ParamLayout, family_of
+from vpt_jax.tuning.rules import DECAY, FROZEN, NO_DECAY, Rule, Rules, check_rules
 
-PROMPTS = r"Transformer/prompt/.*"
-HEAD = (
-    (r"head/kernel", DECAY),
-    (r"head/bias", NO_DECAY),
-)  # torch SGD in VPT: no decay on head bias
+FINETUNE_GRID, PROMPT_GRID = "finetune", "prompt"  # the study's grids (study.grids.<name>)
 
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
-    """What trains and what the model gains for it."""
+    """What trains, what the model gains for it, and how the paper tuned it."""
 
     name: str
     rules: Rules  # (regex, label) pairs, first full match wins; labels frozen/decay/no_decay
-    num_prompts: int = 0  # VPT prompt tokens per set; 0: no prompts
-    deep_prompts: bool = False  # a prompt set per block (VPT-deep) instead of one at the input
-    prompt_dropout: float = 0.0  # dropout on prompt tokens while training
-    prompt_dim: int | None = None  # prompt width before a projection to the model width; None: none
-    lora_rank: int = 0  # rank of LoRA updates on attention query/value; 0: none
-    lora_alpha: float = 1.0  # LoRA updates are scaled by lora_alpha / lora_rank
-    head_mlp_dims: tuple[int, ...] = ()  # hidden widths of an MLP head; (): a linear head
+    additions: tuple[Addition, ...] = ()  # what it attaches to the backbone
+    layout: ParamLayout = VIT_LAYOUT  # the family layout its rules and additions' paths refer to
     backbone_dropout: bool = True  # False: the backbone runs deterministic while training
     optimizer: str = "sgd"  # the paper's optimizer for it: sgd (momentum 0.9) or adamw
+    grid: str = PROMPT_GRID  # the lr x wd grid the paper searched for it: prompt or finetune
     stages: tuple[Strategy, ...] = ()  # run in order (each starting from the last); () = itself
 
     def __post_init__(self):
         check_rules(self.rules)
-        if self.num_prompts < 0 or self.lora_rank < 0:
-            raise UserError(f"strategy {self.name!r}: num_prompts and lora_rank must be >= 0")
 
-    def encoder(self) -> Callable[..., Encoder]:
-        """The encoder class (a partial) that carries this strategy's prompts and LoRA factors."""
-        lora = dict(lora_rank=self.lora_rank, lora_alpha=self.lora_alpha)
-        if not self.num_prompts:
-            return functools.partial(Encoder, **lora) if self.lora_rank else Encoder
-        return functools.partial(
-            PromptedEncoder,
-            num_prompts=self.num_prompts,
-            deep=self.deep_prompts,
-            prompt_dropout=self.prompt_dropout,
-            prompt_dim=self.prompt_dim,
-            **lora,
-        )
-
-    def build_model(self, config: ViTConfig, num_classes: int | None) -> VisionTransformer:
-        """The ViT this strategy trains: the backbone plus its prompts, LoRA factors or MLP head."""
-        return VisionTransformer(
-            config, num_classes, encoder=self.encoder(), head_mlp_dims=self.head_mlp_dims
-        )
+    def build_model(self, config: Any, num_classes: int | None):
+        """The model this strategy trains: the backbone of `config` with its additions."""
+        family = family_of(config)
+        if family.layout != self.layout:
+            raise UserError(
+                f"strategy {self.name!r} was built for another backbone family than {family.name}"
+            )
+        return family.build_model(config, num_classes, self.additions)
 
     @property
     def final(self) -> Strategy:
         """The strategy whose model and parameters a run ends with."""
         return self.stages[-1] if self.stages else self
+
+    def owned(self, addition: Addition) -> str:
+        """The full-path regex of an addition's leaves in this strategy's backbone."""
+        return self.layout.owned(addition)
+
+    def stage_keys(self, stage: Strategy, keys: list[str]) -> list[str]:
+        """The parameter paths (of this strategy's final model) that `stage`'s model has.
+
+        An earlier stage may lack additions of the final model (FT before the prompts).
+        """
+        absent = [self.owned(a) for a in self.final.additions if a not in stage.additions]
+        return [k for k in keys if not any(re.fullmatch(p, k) for p in absent)]
+
+
+def head_rules(layout: ParamLayout) -> tuple[Rule, ...]:
+    """The classifier trains; its bias without weight decay (torch SGD in the VPT code)."""
+    head = re.escape(layout.head)
+    return ((rf"{head}/kernel", DECAY), (rf"{head}/bias", NO_DECAY))
+
+
+def _biases_undecayed(pattern: str) -> tuple[Rule, Rule]:
+    """The leaves of a `<scope>/.*` pattern train, its biases without weight decay."""
+    return ((pattern + "bias", NO_DECAY), (pattern, DECAY))
 
 
 def _need_prompts(name: str, num_prompts: int) -> None:
@@ -80,82 +86,114 @@ def _need_prompts(name: str, num_prompts: int) -> None:
         )
 
 
-def full() -> Strategy:
+def full(layout: ParamLayout = VIT_LAYOUT) -> Strategy:
     """FT: every parameter trains (AdamW; biases without weight decay, as the VPT code does)."""
-    return Strategy("full", ((r".*bias", NO_DECAY), (r".*", DECAY)), optimizer="adamw")
+    return Strategy(
+        "full",
+        ((r".*bias", NO_DECAY), (r".*", DECAY)),
+        layout=layout,
+        optimizer="adamw",
+        grid=FINETUNE_GRID,
+    )
 
 
-def linear() -> Strategy:
+def linear(layout: ParamLayout = VIT_LAYOUT) -> Strategy:
     """Linear probe: the head only, on frozen features."""
-    return Strategy("linear", (*HEAD, (r".*", FROZEN)))
+    return Strategy("linear", (*head_rules(layout), (r".*", FROZEN)), layout=layout)
 
 
-def mlp(hidden: tuple[int, ...] = (768, 768)) -> Strategy:
+def mlp(hidden: tuple[int, ...] = (768, 768), layout: ParamLayout = VIT_LAYOUT) -> Strategy:
     """MLP probe: a (len(hidden)+1)-layer MLP head on frozen features."""
-    head = ((r"head_mlp_\d+/kernel", DECAY), (r"head_mlp_\d+/bias", NO_DECAY), *HEAD)
-    return Strategy(f"mlp{len(hidden) + 1}", (*head, (r".*", FROZEN)), head_mlp_dims=hidden)
+    head = MLPHead(tuple(hidden))
+    return Strategy(
+        f"mlp{len(hidden) + 1}",
+        (*_biases_undecayed(layout.owned(head)), *head_rules(layout), (r".*", FROZEN)),
+        additions=(head,),
+        layout=layout,
+    )
 
 
-def vpt(num_prompts: int, *, deep: bool, prompt_dropout: float = 0.0, prompt_dim=None) -> Strategy:
+def vpt(
+    num_prompts: int,
+    *,
+    deep: bool,
+    prompt_dropout: float = 0.0,
+    prompt_dim: int | None = None,
+    layout: ParamLayout = VIT_LAYOUT,
+) -> Strategy:
     """VPT: prompts and head train, the backbone is frozen and runs deterministic."""
     name = "vpt_deep" if deep else "vpt_shallow"
     _need_prompts(name, num_prompts)
+    prompts = Prompts(num_prompts, deep=deep, dropout=prompt_dropout, dim=prompt_dim)
     return Strategy(
         name,
-        ((PROMPTS, DECAY), *HEAD, (r".*", FROZEN)),
-        num_prompts=num_prompts,
-        deep_prompts=deep,
-        prompt_dropout=prompt_dropout,
-        prompt_dim=prompt_dim,
+        ((layout.owned(prompts), DECAY), *head_rules(layout), (r".*", FROZEN)),
+        additions=(prompts,),
+        layout=layout,
         backbone_dropout=False,
     )
 
 
-def mixed(num_prompts: int, *, deep: bool = True, prompt_dropout: float = 0.0) -> Strategy:
+def mixed(
+    num_prompts: int,
+    *,
+    deep: bool = True,
+    prompt_dropout: float = 0.0,
+    layout: ParamLayout = VIT_LAYOUT,
+) -> Strategy:
     """Mixed: prompts and the whole backbone train together (SGD, backbone dropout off)."""
     _need_prompts("mixed", num_prompts)
+    head_bias = head_rules(layout)[1]
     return Strategy(
         "mixed",
-        ((r"head/bias", NO_DECAY), (r".*", DECAY)),
-        num_prompts=num_prompts,
-        deep_prompts=deep,
-        prompt_dropout=prompt_dropout,
+        (head_bias, (r".*", DECAY)),
+        additions=(Prompts(num_prompts, deep=deep, dropout=prompt_dropout),),
+        layout=layout,
         backbone_dropout=False,
     )
 
 
-def ft_then_pt(num_prompts: int, *, prompt_dropout: float = 0.0) -> Strategy:
-    """FT-then-PT: stage 1 finetunes everything, stage 2 freezes that backbone and prompt-tunes."""
-    stage2 = vpt(num_prompts, deep=True, prompt_dropout=prompt_dropout)
-    return dataclasses.replace(stage2, name="ft_then_pt", stages=(full(), stage2))
+def ft_then_pt(
+    num_prompts: int, *, prompt_dropout: float = 0.0, layout: ParamLayout = VIT_LAYOUT
+) -> Strategy:
+    """FT-then-PT: stage 1 finetunes everything, stage 2 freezes that backbone and prompt-tunes.
+
+    Stage 1 is the `full` strategy: a study gives it the setting selected for `full`.
+    """
+    stage2 = vpt(num_prompts, deep=True, prompt_dropout=prompt_dropout, layout=layout)
+    return dataclasses.replace(stage2, name="ft_then_pt", stages=(full(layout), stage2))
 
 
-def partial(k: int, num_layers: int) -> Strategy:
-    """Partial-k: the last k blocks, the final LayerNorm and the head train."""
+def partial(k: int, num_layers: int, layout: ParamLayout = VIT_LAYOUT) -> Strategy:
+    """Partial-k: the last k blocks, the final norm and the head train."""
     if not 1 <= k <= num_layers:
         raise UserError(f"strategy 'partial' needs 1 <= k <= {num_layers} (the depth); got k={k}")
-    blocks = "|".join(str(i) for i in range(num_layers - k, num_layers))
-    tuned = rf"(Transformer/encoderblock_({blocks})|Transformer/encoder_norm)/.*"
+    blocks = layout.blocks(range(num_layers - k, num_layers))
+    tuned = rf"({blocks}|{re.escape(layout.final_norm)})/.*"
     return Strategy(
         f"partial{k}",
-        ((tuned + "bias", NO_DECAY), (tuned, DECAY), *HEAD, (r".*", FROZEN)),
+        (*_biases_undecayed(tuned), *head_rules(layout), (r".*", FROZEN)),
+        layout=layout,
     )
 
 
-def bias() -> Strategy:
+def bias(layout: ParamLayout = VIT_LAYOUT) -> Strategy:
     """Bias tuning (TinyTL-bias): every bias and the head train."""
-    return Strategy("bias", (*HEAD, (r".*/bias", DECAY), (r".*", FROZEN)))
+    return Strategy(
+        "bias", (*head_rules(layout), (r".*/bias", DECAY), (r".*", FROZEN)), layout=layout
+    )
 
 
-def lora(rank: int, alpha: float | None = None) -> Strategy:
+def lora(rank: int, alpha: float | None = None, layout: ParamLayout = VIT_LAYOUT) -> Strategy:
     """LoRA: rank-r updates on attention query and value, and the head."""
     if rank < 1:
         raise UserError(f"strategy 'lora' needs a rank >= 1; got {rank}")
+    update = LoRA(rank, float(rank if alpha is None else alpha))
     return Strategy(
         "lora",
-        ((r".*_lora/[ab]", DECAY), *HEAD, (r".*", FROZEN)),
-        lora_rank=rank,
-        lora_alpha=float(rank if alpha is None else alpha),
+        ((layout.owned(update), DECAY), *head_rules(layout), (r".*", FROZEN)),
+        additions=(update,),
+        layout=layout,
         backbone_dropout=False,
     )
 
@@ -177,7 +215,7 @@ STRATEGIES = (
 def get_strategy(
     name: str,
     *,
-    num_prompts: int = 0,
+    num_prompts: int = 10,
     prompt_dropout: float = 0.0,
     prompt_dim: int | None = None,
     partial_k: int = 1,
@@ -185,6 +223,7 @@ def get_strategy(
     mlp_hidden: tuple[int, ...] = (768, 768),
     lora_rank: int = 8,
     lora_alpha: float | None = None,
+    layout: ParamLayout = VIT_LAYOUT,
 ) -> Strategy:
     """Builds a named strategy of the study.
 
@@ -198,22 +237,20 @@ def get_strategy(
       mlp_hidden: hidden widths of the `mlp` head.
       lora_rank: rank r of `lora`.
       lora_alpha: LoRA scale numerator (default: the rank, i.e. scale 1).
+      layout: the backbone family's parameter layout (default: the ViT's).
     """
+    prompts = dict(prompt_dropout=prompt_dropout, layout=layout)
     builders: dict[str, Callable[[], Strategy]] = {
-        "full": full,
-        "linear": linear,
-        "mlp": lambda: mlp(tuple(mlp_hidden)),
-        "vpt_shallow": lambda: vpt(
-            num_prompts, deep=False, prompt_dropout=prompt_dropout, prompt_dim=prompt_dim
-        ),
-        "vpt_deep": lambda: vpt(
-            num_prompts, deep=True, prompt_dropout=prompt_dropout, prompt_dim=prompt_dim
-        ),
-        "mixed": lambda: mixed(num_prompts, prompt_dropout=prompt_dropout),
-        "ft_then_pt": lambda: ft_then_pt(num_prompts, prompt_dropout=prompt_dropout),
-        "partial": lambda: partial(partial_k, num_layers),
-        "bias": bias,
-        "lora": lambda: lora(lora_rank, lora_alpha),
+        "full": lambda: full(layout),
+        "linear": lambda: linear(layout),
+        "mlp": lambda: mlp(tuple(mlp_hidden), layout),
+        "vpt_shallow": lambda: vpt(num_prompts, deep=False, prompt_dim=prompt_dim, **prompts),
+        "vpt_deep": lambda: vpt(num_prompts, deep=True, prompt_dim=prompt_dim, **prompts),
+        "mixed": lambda: mixed(num_prompts, **prompts),
+        "ft_then_pt": lambda: ft_then_pt(num_prompts, **prompts),
+        "partial": lambda: partial(partial_k, num_layers, layout),
+        "bias": lambda: bias(layout),
+        "lora": lambda: lora(lora_rank, lora_alpha, layout),
     }
     if name not in builders:
         raise UserError(f"unknown strategy {name!r}; use one of: {', '.join(STRATEGIES)}")

@@ -21,37 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vpt_jax.analysis.fid import inception, inception_weights
+from vpt_jax.data.preprocess import check_images
 from vpt_jax.errors import UserError
-from vpt_jax.models import inception
 from vpt_jax.models.vit import VisionTransformer
 
 FeaturesFn = Callable[[Any], Any]
-# Inputs meant to be in [0, 1] may overshoot a little after bicubic resizing; [-1, 1] or 0..255
-# inputs lie far outside this band.
-_RANGE_SLACK = 0.1
-
-
-def check_images(images: Any, *, unit_range: bool = True) -> None:
-    """Raises `UserError` unless `images` are NHWC RGB, uint8 or float ([0, 1] if `unit_range`)."""
-    shape = tuple(np.shape(images))
-    if len(shape) != 4 or shape[-1] != 3:
-        hint = " (NCHW? transpose to NHWC)" if len(shape) == 4 and shape[1] == 3 else ""
-        raise UserError(f"images must be NHWC with 3 channels; got shape {shape}{hint}")
-    if not unit_range or images.dtype == np.uint8 or not shape[0]:
-        return
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise UserError(f"images must be uint8 or float; got {images.dtype}")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < -_RANGE_SLACK:
-        raise UserError(
-            f"float images must be in [0, 1] but reach {lo:.3g}; if they are in [-1, 1], pass "
-            "(images + 1) / 2"
-        )
-    if hi > 1 + _RANGE_SLACK:
-        raise UserError(
-            f"float images must be in [0, 1] but reach {hi:.3g}; divide 0..255 values by 255 or "
-            "pass uint8"
-        )
 
 
 def inception_features_fn(
@@ -60,15 +35,17 @@ def inception_features_fn(
     """The FID feature extractor: pool3 features of the 2015-12-05 Inception-v3.
 
     Args:
-      weights: an `.npz` from `vpt_jax.models.inception.convert_pth_to_npz` (or pytorch-fid's `.pth`
-        when torch is installed), or variables from `inception.load_variables`.
+      weights: an `.npz` from `inception_weights.convert_pth_to_npz` (or pytorch-fid's `.pth`
+        when torch is installed), or variables from `inception_weights.load_variables`.
       model: the network; the default resizes to 299x299 and scales to [-1, 1] as pytorch-fid.
 
     Returns:
       `features_fn(images) -> (B, 2048)` float32, for NHWC uint8 or [0, 1] float images of any size.
     """
     model = model or inception.InceptionV3()
-    variables = weights if isinstance(weights, Mapping) else inception.load_variables(weights)
+    variables = (
+        weights if isinstance(weights, Mapping) else inception_weights.load_variables(weights)
+    )
     variables = jax.device_put(variables)
     apply = jax.jit(model.apply)
     unit_range = model.normalize_input

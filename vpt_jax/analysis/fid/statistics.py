@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vpt_jax.analysis.features import FeaturesFn, iterate_features
+from vpt_jax.analysis.fid.features import FeaturesFn, iterate_features
 from vpt_jax.errors import UserError
 from vpt_jax.models.checkpoint import atomic_write_npz
 

@@ -8,13 +8,14 @@ and TTUR's published files load too) or a dataset the data layer reads, e.g. a l
 Each dataset's statistics are cached as an `.npz` keyed by dataset, split, feature space and image
 count (`statistics_cache_path`), so a task is read and embedded once per feature space:
 
-    from vpt_jax.analysis import distance, extractors, fid_table, tasks
+    from vpt_jax.analysis.fid import distance, extractors, table
+    from vpt_jax.data import parse_dataset_list
 
     extractor = extractors.inception_extractor("inception_fid.npz")
     reference = distance.reference_statistics("tfds:imagenet2012", extractor, data_dir="~/tfds")
-    rows = distance.dataset_distances(tasks.task_set("vtab"), reference, extractor,
+    rows = distance.dataset_distances(parse_dataset_list("vtab"), reference, extractor,
                                       data_dir="~/tfds", cache_dir=distance.default_cache_dir())
-    fid_table.write_distances_csv("fid.csv", rows)
+    table.write_distances_csv("fid.csv", rows)
 
 With the Inception's 2048-d features, 1000 images (VTAB-1k's train800val200) give a singular
 covariance; `frechet_distance` then follows pytorch-fid (an `eps` retry). Pass a larger split
@@ -22,16 +23,16 @@ where the task holds one (`--tasks vtab/cifar100 --split train5000`) for a stead
 
 Command line (prints the table and writes it as CSV):
 
-    python -m vpt_jax.analysis.distance --reference imagenet_stats.npz --tasks vtab \\
+    python -m vpt_jax.analysis.fid.distance --reference imagenet_stats.npz --tasks vtab \\
         --inception inception_fid.npz --data_dir ~/tensorflow_datasets --out fid.csv
-    python -m vpt_jax.analysis.distance --reference procedural:pretrain --tasks procedural \\
+    python -m vpt_jax.analysis.fid.distance --reference procedural:pretrain --tasks procedural \\
         --features vit --checkpoint vit_tiny.npz --out fid.csv          # offline
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -39,29 +40,24 @@ import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from absl import flags
 
-from vpt_jax.analysis.extractors import (
+from vpt_jax import cli
+from vpt_jax.analysis.fid.extractors import (
     FeatureExtractor,
-    add_extractor_arguments,
-    extractor_from_args,
+    define_extractor_flags,
+    extractor_from_flags,
 )
-from vpt_jax.analysis.fid_table import DatasetDistance, format_distances, write_distances_csv
-from vpt_jax.analysis.frechet import frechet_distance
-from vpt_jax.analysis.statistics import (
+from vpt_jax.analysis.fid.frechet import frechet_distance
+from vpt_jax.analysis.fid.statistics import (
     FeatureStatistics,
     cached_statistics,
     dataset_statistics,
     load_statistics,
     save_statistics,
 )
-from vpt_jax.analysis.tasks import (
-    default_split,
-    known_disparity,
-    resolve_dataset_name,
-    task_group,
-    task_set,
-)
-from vpt_jax.data import PREFIXES, DataSource, get_dataset
+from vpt_jax.analysis.fid.table import DatasetDistance, format_distances, write_distances_csv
+from vpt_jax.data import DatasetName, DataSource, get_dataset, parse_dataset, parse_dataset_list
 from vpt_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -99,27 +95,36 @@ def default_cache_dir() -> str:
 class OpenedSplit:
     """A dataset split opened for reading, with the names that key its statistics."""
 
-    dataset: str  # canonical name (`resolve_dataset_name`)
+    name: DatasetName
     split: str
     source: DataSource
 
+    @property
+    def dataset(self) -> str:
+        """The dataset's canonical name, e.g. `vtab/cifar100`."""
+        return str(self.name)
+
 
 def open_dataset(
-    name: str, extractor: FeatureExtractor, *, split: str | None = None, data_dir: str | None = None
+    name: str | DatasetName,
+    extractor: FeatureExtractor,
+    *,
+    split: str | None = None,
+    data_dir: str | None = None,
 ) -> OpenedSplit:
     """Opens a split at the extractor's image size; every check the data layer can make runs here.
 
     Args:
       name: a data-layer name or a bare VTAB task.
       extractor: the feature space (it sets the image size).
-      split: the split; None: `default_split(name)`.
+      split: the split; None: the dataset's `default_split`.
       data_dir: TFDS data directory.
 
     Raises:
       UserError: unknown dataset, task or split, unprepared TFDS data, unreadable image folder.
     """
-    name = resolve_dataset_name(name)
-    split = split or default_split(name)
+    name = parse_dataset(name, bare_vtab=True)
+    split = split or name.default_split
     source = get_dataset(name, split, data_dir=data_dir, image_size=extractor.image_size)
     return OpenedSplit(name, split, source)
 
@@ -192,7 +197,7 @@ def reference_statistics(
       reference: an `.npz` with `mu` and `sigma` (e.g. ImageNet's), or a dataset name such as
         `tfds:imagenet2012` (default split `validation`) or `procedural:pretrain`.
       extractor: the feature space; a file's statistics must have its width.
-      split: the reference dataset's split (default: `default_split`).
+      split: the reference dataset's split (default: the dataset's `default_split`).
       num_images: images of the reference dataset used.
       data_dir: TFDS data directory.
       cache_dir: statistics cache; None computes without caching.
@@ -210,19 +215,20 @@ def reference_statistics(
                 f"features are {extractor.dim}-d; use statistics computed with the same --features"
             )
         return stats
-    if not reference.startswith(PREFIXES):
+    try:
+        name = parse_dataset(reference)
+    except UserError as e:
         raise UserError(
-            f"reference {reference!r} is neither a statistics .npz (mu, sigma) nor a dataset name "
-            "(tfds:imagenet2012, procedural:pretrain, folder:/path)"
-        )
-    opened = open_dataset(reference, extractor, split=split, data_dir=data_dir)
+            f"reference {reference!r} is neither a statistics .npz (mu, sigma) nor a dataset name: {e}"
+        ) from None
+    opened = open_dataset(name, extractor, split=split, data_dir=data_dir)
     return split_statistics(
         opened, extractor, num_images=num_images, cache_dir=cache_dir, batch_size=batch_size
     )
 
 
 def dataset_distances(
-    datasets: Sequence[str],
+    datasets: Sequence[str | DatasetName],
     reference: FeatureStatistics,
     extractor: FeatureExtractor,
     *,
@@ -239,8 +245,8 @@ def dataset_distances(
     unprepared dataset fails at once, not after hours of feature extraction.
 
     Args:
-      datasets: data-layer names (`vtab/<task>`, `tfds:...`, `folder:...`, `procedural:...`) or
-        bare VTAB task names.
+      datasets: data-layer names (`vtab/<task>`, `tfds:...`, `folder:...`, `procedural:...`), bare
+        VTAB task names, or parsed ones (`vpt_jax.data.parse_dataset_list`).
       reference: the reference statistics in the extractor's feature space.
       extractor: the feature space.
       reference_name: recorded in each row (e.g. the reference file or dataset).
@@ -263,8 +269,8 @@ def dataset_distances(
             DatasetDistance(
                 dataset=one.dataset,
                 split=one.split,
-                group=task_group(one.dataset),
-                disparity=known_disparity(one.dataset) or "",
+                group=one.name.group,
+                disparity=one.name.disparity or "",
                 fid=frechet_distance(stats, reference),
                 num_images=int(stats.num_samples or 0),
                 features=extractor.name,
@@ -274,86 +280,84 @@ def dataset_distances(
     return rows
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """The reference, data and cache options shared by the distance and advisor commands."""
-    add_extractor_arguments(parser)
-    parser.add_argument(
-        "--reference",
-        required=True,
-        help="pretraining distribution: statistics .npz (mu, sigma) or a dataset name "
+def define_data_flags(values: flags.FlagValues) -> None:
+    """The feature space, reference, data and cache flags shared by the distance and advisor."""
+    define_extractor_flags(values)
+    define = functools.partial(flags.DEFINE_string, flag_values=values)
+    define(
+        "reference",
+        None,
+        "pretraining distribution: statistics .npz (mu, sigma) or a dataset name "
         "(tfds:imagenet2012, procedural:pretrain)",
+        required=True,
     )
-    parser.add_argument(
-        "--reference_split",
-        help="split of a reference dataset (default: validation for imagenet2012)",
+    define(
+        "reference_split",
+        None,
+        "split of a reference dataset (default: validation for imagenet2012)",
     )
-    parser.add_argument("--data_dir", help="TFDS data directory (default: TFDS's)")
-    parser.add_argument(
-        "--num_images",
-        type=int,
-        default=DEFAULT_MAX_IMAGES,
-        help="images per dataset, the first of its split (default %(default)s; 0 = all)",
+    define("data_dir", None, "TFDS data directory (default: TFDS's)")
+    flags.DEFINE_integer(
+        "num_images",
+        DEFAULT_MAX_IMAGES,
+        "images per dataset, the first of its split (0 = all)",
+        flag_values=values,
     )
-    parser.add_argument("--batch_size", type=int, default=50, help="images per extractor call")
-    parser.add_argument(
-        "--cache_dir",
-        default=None,
-        help=f"statistics cache (default ${CACHE_ENV} or {DEFAULT_CACHE_DIR})",
+    flags.DEFINE_integer("batch_size", 50, "images per extractor call", flag_values=values)
+    define("cache_dir", None, f"statistics cache (default ${CACHE_ENV} or {DEFAULT_CACHE_DIR})")
+
+
+def _define(values: flags.FlagValues) -> None:
+    define_data_flags(values)
+    define = functools.partial(flags.DEFINE_string, flag_values=values)
+    define("tasks", "vtab", "vtab, procedural, or comma-separated dataset names")
+    define("split", None, "split of every task (default: train800val200 for VTAB)")
+    define("out", None, "CSV file to write the table to")
+    define("save_reference", None, "also save the reference statistics to this .npz")
+
+
+def _distances(values: flags.FlagValues, rest: list[str]) -> None:
+    cli.no_arguments(rest)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    datasets = parse_dataset_list(values.tasks)
+    extractor = extractor_from_flags(values)
+    data = dict(data_dir=values.data_dir)
+    common = dict(
+        num_images=values.num_images or None,
+        cache_dir=values.cache_dir or default_cache_dir(),
+        batch_size=values.batch_size,
+        **data,
     )
+    for name in datasets:  # fail on any unopenable task before the reference is computed
+        open_dataset(name, extractor, split=values.split, **data)
+    reference = reference_statistics(
+        values.reference, extractor, split=values.reference_split, **common
+    )
+    if values.save_reference:
+        save_statistics(values.save_reference, reference)
+    rows = dataset_distances(
+        datasets,
+        reference,
+        extractor,
+        reference_name=values.reference,
+        split=values.split,
+        **common,
+    )
+    if values.out:
+        write_distances_csv(values.out, rows)
+    print(f"FID to {values.reference} in the {extractor.name} feature space")
+    print(format_distances(rows))
+    if values.out:
+        print(f"wrote {values.out}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: the FID of each task against the reference, printed and written as CSV."""
-    parser = argparse.ArgumentParser(
-        prog="python -m vpt_jax.analysis.distance",
-        description="FID of datasets against the pretraining distribution (a per-task table).",
-    )
-    add_data_arguments(parser)
-    parser.add_argument(
-        "--tasks", default="vtab", help="vtab, procedural, or comma-separated dataset names"
-    )
-    parser.add_argument("--split", help="split of every task (default: train800val200 for VTAB)")
-    parser.add_argument("--out", help="CSV file to write the table to")
-    parser.add_argument("--save_reference", help="also save the reference statistics to this .npz")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        datasets = task_set(args.tasks)
-        extractor = extractor_from_args(args)
-        cache_dir = args.cache_dir or default_cache_dir()
-        num_images = args.num_images or None
-        for name in datasets:  # fail on any unopenable task before the reference is computed
-            open_dataset(name, extractor, split=args.split, data_dir=args.data_dir)
-        reference = reference_statistics(
-            args.reference,
-            extractor,
-            split=args.reference_split,
-            num_images=num_images,
-            data_dir=args.data_dir,
-            cache_dir=cache_dir,
-            batch_size=args.batch_size,
-        )
-        if args.save_reference:
-            save_statistics(args.save_reference, reference)
-        rows = dataset_distances(
-            datasets,
-            reference,
-            extractor,
-            reference_name=args.reference,
-            split=args.split,
-            num_images=num_images,
-            data_dir=args.data_dir,
-            cache_dir=cache_dir,
-            batch_size=args.batch_size,
-        )
-        if args.out:
-            write_distances_csv(args.out, rows)
-    except UserError as e:
-        raise SystemExit(f"error: {e}") from None
-    print(f"FID to {args.reference} in the {extractor.name} feature space")
-    print(format_distances(rows))
-    if args.out:
-        print(f"wrote {args.out}")
+    """Command line: the FID of each task against the reference, printed and written as CSV.
+
+    Args:
+      argv: the flags, without the program name; None reads `sys.argv`.
+    """
+    cli.run(__doc__, _define, _distances, argv)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,9 @@
-"""The path of Integrated Gradients: its start points (baselines) and its quadrature rules.
+"""The start points of Integrated Gradients' path: baselines in model space.
 
-* `integration_points(method, n)`: the alphas and weights of captum's rules, identical to captum
-  (`riemann_left`, `riemann_right`, `riemann_middle`, `riemann_trapezoid`, `gausslegendre`).
-* `make_baseline(images, baseline, normalization=...)`: `zeros`, `black`, `blur` or a user array,
-  in model space. "Black" depends on the normalisation the model was trained with: `-1` for
-  `inception` (`[-1, 1]` inputs), `-mean / std` per channel for `imagenet`.
-* `gaussian_blur`: scipy's `gaussian_filter` (reflect borders) in JAX, for the `blur` baseline.
+`make_baseline(images, baseline, normalization=...)` builds `zeros`, `black`, `blur` or a user
+array, in model space. "Black" depends on the normalisation the model was trained with: `-1` for
+`inception` (`[-1, 1]` inputs), `-mean / std` per channel for `imagenet`. `gaussian_blur` is
+scipy's `gaussian_filter` (reflect borders) in JAX, for the `blur` baseline.
 """
 
 from __future__ import annotations
@@ -20,42 +18,7 @@ from vpt_jax.data.preprocess import NORMALIZATIONS, check_normalization
 from vpt_jax.errors import UserError
 
 Array = jax.Array
-METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 BASELINES = ("zeros", "black", "blur")
-
-
-def integration_points(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """The interpolation alphas in [0, 1] and their weights, exactly as captum builds them.
-
-    Kept identical to captum for parity, quirks included: `riemann_trapezoid` places `n` points
-    from 0 to 1 but keeps the step `1 / n`, so its weights sum to `(n - 1) / n` and its
-    attributions come out scaled by that (the completeness delta shows it).
-
-    Args:
-      method: one of `METHODS`.
-      n_steps: number of points (at least 2 for the Riemann rules, 1 for Gauss-Legendre).
-
-    Returns:
-      `(alphas, weights)`, float64 arrays of length `n_steps`.
-    """
-    if method not in METHODS:
-        raise UserError(f"unknown integration method {method!r}; use one of {', '.join(METHODS)}")
-    if n_steps < (1 if method == "gausslegendre" else 2):
-        raise UserError(f"{method} needs more integration steps; got n_steps={n_steps}")
-    if method == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(n_steps)
-        return 0.5 * (1.0 + nodes), 0.5 * weights  # from [-1, 1] to [0, 1]
-    n = n_steps
-    start, stop = {
-        "riemann_left": (0.0, 1 - 1 / n),
-        "riemann_right": (1 / n, 1.0),
-        "riemann_middle": (1 / (2 * n), 1 - 1 / (2 * n)),
-        "riemann_trapezoid": (0.0, 1.0),
-    }[method]
-    weights = np.full(n, 1 / n)
-    if method == "riemann_trapezoid":
-        weights[[0, -1]] /= 2
-    return np.linspace(start, stop, n), weights
 
 
 def gaussian_blur(images: Any, sigma: float, truncate: float = 4.0) -> Array:

@@ -1,6 +1,6 @@
 """Command: the FT vs VPT GradCAM and Integrated Gradients figures from two task artifacts.
 
-    python -m vpt_jax.analysis.attribution_figures --ft_artifact ft/artifact.npz \
+    python -m vpt_jax.analysis.attribution.figures --ft_artifact ft/artifact.npz \
         --vpt_artifact vpt/artifact.npz --base ViT-B_16.npz --dataset vtab/cifar100 \
         --split test --out figures/
 
@@ -9,33 +9,35 @@ split is read batch by batch (memory: one batch plus the rows kept for drawing);
 predict every image; the images exactly one of them gets right are counted in both directions and
 up to `--max_rows` of them are drawn as rows of (input, FT map, VPT map) in `gradcam.png` and
 `integrated_gradients.png`; `summary.json` lists the counts, accuracies, drawn rows and IG's
-completeness error. The drawing itself is `vpt_jax.analysis.attribution_plots`.
+completeness error. The drawing itself is `vpt_jax.analysis.attribution.comparison`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import functools
 import json
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from absl import flags
 
-from vpt_jax.analysis import attribution
-from vpt_jax.analysis.attribution_plots import (
+from vpt_jax import atomic, cli
+from vpt_jax.analysis.attribution.baselines import BASELINES
+from vpt_jax.analysis.attribution.classifier import predict
+from vpt_jax.analysis.attribution.comparison import (
     FIGURES,
     TARGETS,
+    Disagreements,
     Run,
-    atomic_write,
     check_found,
     check_options,
     draw_comparison,
     find_disagreements,
-    predict,
 )
+from vpt_jax.analysis.attribution.quadrature import METHODS
 from vpt_jax.data import DataSource, get_dataset
 from vpt_jax.errors import UserError
 from vpt_jax.models.checkpoint import load_pretrained
@@ -140,56 +142,72 @@ def scan(
     return Scan(np.concatenate(labels), np.concatenate(ft_pred), np.concatenate(vpt_pred), kept)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(values: flags.FlagValues) -> dict[str, Any]:
     """Loads both artifacts, scans the split, draws the figures and writes `summary.json`.
 
     Args:
-      args: the parsed command line (see `main`).
+      values: the parsed command line (see `define_flags`).
 
     Returns:
       The summary written.
     """
     ig_options = dict(
-        n_steps=args.ig_steps,
-        method=args.ig_method,
-        baseline=args.ig_baseline,
-        blur_sigma=args.blur_sigma,
+        n_steps=values.ig_steps,
+        method=values.ig_method,
+        baseline=values.ig_baseline,
+        blur_sigma=values.blur_sigma,
     )
-    kinds = args.figures.split(",")
-    check_options(kinds, args.target, args.normalization, ig_options)
-    if args.max_rows < 1 or args.batch_size < 1:
+    check_options(values.figures, values.target, values.normalization, ig_options)
+    if values.max_rows < 1 or values.batch_size < 1:
         raise UserError("--max_rows and --batch_size must be >= 1")
-    ft, vpt, ft_meta, vpt_meta = load_runs(args.ft_artifact, args.vpt_artifact, args.base)
-    image_size = args.image_size or ft[0].config.image_size
-    source = get_dataset(args.dataset, args.split, data_dir=args.data_dir, image_size=image_size)
+    ft, vpt, ft_meta, vpt_meta = load_runs(values.ft_artifact, values.vpt_artifact, values.base)
+    image_size = values.image_size or ft[0].config.image_size
+    source = get_dataset(
+        values.dataset, values.split, data_dir=values.data_dir, image_size=image_size
+    )
     if source.num_classes != ft[0].num_classes:
         raise UserError(
-            f"{args.dataset} has {source.num_classes} classes but the models "
+            f"{values.dataset} has {source.num_classes} classes but the models "
             f"{ft[0].num_classes}; pass the dataset the runs were trained on"
         )
-    options = dict(normalization=args.normalization, batch_size=args.batch_size)
-    found_in = scan(
-        source, ft, vpt, max_rows=args.max_rows, max_examples=args.max_examples, **options
+    options = dict(normalization=values.normalization, batch_size=values.batch_size)
+    scanned = scan(
+        source, ft, vpt, max_rows=values.max_rows, max_examples=values.max_examples, **options
     )
-    labels, ft_pred, vpt_pred = found_in.labels, found_in.ft_predictions, found_in.vpt_predictions
-    found = find_disagreements(ft_pred, vpt_pred, labels, args.max_rows)
+    labels, ft_pred, vpt_pred = scanned.labels, scanned.ft_predictions, scanned.vpt_predictions
+    found = find_disagreements(ft_pred, vpt_pred, labels, values.max_rows)
     check_found(found, ft_pred, vpt_pred, labels)
     rows = found.selected
     figures, deltas = draw_comparison(
         ft,
         vpt,
-        np.stack([found_in.kept[int(i)] for i in rows]),
+        np.stack([scanned.kept[int(i)] for i in rows]),
         labels[rows],
         (ft_pred[rows], vpt_pred[rows]),
-        args.out,
-        normalization=args.normalization,
+        values.out,
+        normalization=values.normalization,
         class_names=source.class_names,
-        target=args.target,
-        kinds=kinds,
+        target=values.target,
+        kinds=values.figures,
         **ig_options,
     )
     summary = {
         "dataset": source.name,
+        **_counts(scanned, found),
+        "target": values.target,
+        "figures": figures,
+        "ig_relative_delta": deltas,
+        "ft": {"artifact": values.ft_artifact, "strategy": ft_meta["strategy"]["name"]},
+        "vpt": {"artifact": values.vpt_artifact, "strategy": vpt_meta["strategy"]["name"]},
+    }
+    atomic.write_text(os.path.join(values.out, "summary.json"), json.dumps(summary, indent=1))
+    return summary
+
+
+def _counts(scanned: Scan, found: Disagreements) -> dict[str, Any]:
+    """The summary's counts, accuracies and drawn rows."""
+    labels, ft_pred, vpt_pred = scanned.labels, scanned.ft_predictions, scanned.vpt_predictions
+    return {
         "examples": len(labels),
         "ft_accuracy": float(np.mean(ft_pred == labels)),
         "vpt_accuracy": float(np.mean(vpt_pred == labels)),
@@ -202,54 +220,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "ft_prediction": int(ft_pred[i]),
                 "vpt_prediction": int(vpt_pred[i]),
             }
-            for i in rows
+            for i in found.selected
         ],
-        "target": args.target,
-        "figures": figures,
-        "ig_relative_delta": deltas,
-        "ft": {"artifact": os.fspath(args.ft_artifact), "strategy": ft_meta["strategy"]["name"]},
-        "vpt": {"artifact": os.fspath(args.vpt_artifact), "strategy": vpt_meta["strategy"]["name"]},
     }
-    atomic_write(os.path.join(args.out, "summary.json"), json.dumps(summary, indent=1).encode())
-    return summary
+
+
+def define_flags(values: flags.FlagValues) -> None:
+    """Defines the command's flags on `values`."""
+    string = functools.partial(flags.DEFINE_string, flag_values=values)
+    integer = functools.partial(flags.DEFINE_integer, flag_values=values)
+    string("ft_artifact", None, "task artifact (.npz) of the finetuned run", required=True)
+    string("vpt_artifact", None, "task artifact (.npz) of the prompt-tuned run", required=True)
+    string("base", None, "the base checkpoint (.npz) both runs started from", required=True)
+    string(
+        "dataset",
+        None,
+        "vtab/<task>, tfds:<name>, folder:<path>, procedural:<t>",
+        required=True,
+    )
+    string("split", "test", "the split to search for disagreements")
+    string("data_dir", None, "TFDS data directory (default: TFDS's)")
+    integer("image_size", None, "default: the runs' image size")
+    string("normalization", "inception", "inception ([-1, 1]) or imagenet")
+    string("out", None, "output directory for the PNGs and summary.json", required=True)
+    integer("max_rows", 8, "most rows per figure")
+    integer("max_examples", None, "read at most this many (default: all)")
+    flags.DEFINE_enum(
+        "target", "true", TARGETS, "explain the true or predicted class", flag_values=values
+    )
+    flags.DEFINE_list("figures", list(FIGURES), "comma-separated: gradcam, ig", flag_values=values)
+    integer("ig_steps", 50, "Integrated Gradients interpolation points")
+    string("ig_method", "gausslegendre", f"one of {', '.join(METHODS)}")
+    flags.DEFINE_enum("ig_baseline", "black", BASELINES, "IG baseline", flag_values=values)
+    flags.DEFINE_float("blur_sigma", 5.0, "blur baseline sigma in pixels", flag_values=values)
+    integer("batch_size", 64, "images per forward pass when predicting")
+
+
+def _draw(values: flags.FlagValues, rest: list[str]) -> None:
+    cli.no_arguments(rest)
+    summary = run(values)
+    print(
+        f"{summary['examples']} images: {len(summary['ft_right_vpt_wrong'])} FT right / VPT "
+        f"wrong, {len(summary['vpt_right_ft_wrong'])} VPT right / FT wrong; drew "
+        f"{len(summary['rows'])} rows: {', '.join(summary['figures'].values())}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: draws the FT vs VPT GradCAM / IG comparison figures.
 
     Args:
-      argv: arguments without the program name; None reads `sys.argv`.
+      argv: the flags, without the program name; None reads `sys.argv`.
     """
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add = parser.add_argument
-    add("--ft_artifact", required=True, help="task artifact (.npz) of the finetuned run")
-    add("--vpt_artifact", required=True, help="task artifact (.npz) of the prompt-tuned run")
-    add("--base", required=True, help="the base checkpoint (.npz) both runs started from")
-    add("--dataset", required=True, help="vtab/<task>, tfds:<name>, folder:<path>, procedural:<t>")
-    add("--split", default="test", help="the split to search for disagreements")
-    add("--data_dir", default=None, help="TFDS data directory (default: TFDS's)")
-    add("--image_size", type=int, default=None, help="default: the runs' image size")
-    add("--normalization", default="inception", help="inception ([-1, 1]) or imagenet")
-    add("--out", required=True, help="output directory for the PNGs and summary.json")
-    add("--max_rows", type=int, default=8, help="most rows per figure")
-    add("--max_examples", type=int, default=None, help="read at most this many (default: all)")
-    add("--target", default="true", choices=TARGETS, help="explain the true or predicted class")
-    add("--figures", default=",".join(FIGURES), help="comma-separated: gradcam, ig")
-    add("--ig_steps", type=int, default=50, help="Integrated Gradients interpolation points")
-    add("--ig_method", default="gausslegendre", help=f"one of {', '.join(attribution.METHODS)}")
-    add("--ig_baseline", default="black", choices=attribution.BASELINES, help="IG baseline")
-    add("--blur_sigma", type=float, default=5.0, help="blur baseline sigma in pixels")
-    add("--batch_size", type=int, default=64, help="images per forward pass when predicting")
-    args = parser.parse_args(argv)
-    try:
-        summary = run(args)
-    except UserError as error:
-        sys.exit(f"error: {error}")
-    print(
-        f"{summary['examples']} images: {len(summary['ft_right_vpt_wrong'])} FT right / VPT "
-        f"wrong, {len(summary['vpt_right_ft_wrong'])} VPT right / FT wrong; drew "
-        f"{len(summary['rows'])} rows: {', '.join(summary['figures'].values())}"
-    )
+    cli.run(__doc__, define_flags, _draw, argv)
 
 
 if __name__ == "__main__":

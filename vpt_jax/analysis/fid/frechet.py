@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from vpt_jax.analysis.features import FeaturesFn
-from vpt_jax.analysis.statistics import FeatureStatistics, StatisticsError, dataset_statistics
+from vpt_jax.analysis.fid.features import FeaturesFn
+from vpt_jax.analysis.fid.statistics import FeatureStatistics, StatisticsError, dataset_statistics
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Dataset distances are only comparable within one feature space, so every extractor carries a
 `name` that identifies it (the network and a fingerprint of its weight file). The name keys the
-statistics caches (`vpt_jax.analysis.distance`) and is written into FID tables, so FIDs from
+statistics caches (`vpt_jax.analysis.fid.distance`) and is written into FID tables, so FIDs from
 different feature spaces are never mixed by accident.
 
 * `inception_extractor(weights)`: the FID Inception-v3 (2048-d pool3 features, as pytorch-fid).
@@ -13,17 +13,17 @@ different feature spaces are never mixed by accident.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import os
 
 import numpy as np
+from absl import flags
 
 from vpt_jax import paths
-from vpt_jax.analysis.features import FeaturesFn, inception_features_fn, vit_features_fn
+from vpt_jax.analysis.fid import inception
+from vpt_jax.analysis.fid.features import FeaturesFn, inception_features_fn, vit_features_fn
 from vpt_jax.errors import UserError
-from vpt_jax.models import inception
 from vpt_jax.models.checkpoint import (
     CheckpointError,
     config_from_checkpoint,
@@ -36,7 +36,7 @@ from vpt_jax.models.vit import create_model, param_shapes
 FEATURES = ("inception", "vit")
 _CONVERT_HINT = (
     "convert pytorch-fid's pt_inception-2015-12-05-6726825d.pth with "
-    "python -m vpt_jax.models.inception SRC.pth DST.npz"
+    "python -m vpt_jax.analysis.fid.inception_weights SRC.pth DST.npz"
 )
 
 
@@ -70,7 +70,7 @@ def inception_extractor(weights: str | os.PathLike) -> FeatureExtractor:
     """The FID feature space: pool3 of the 2015-12-05 Inception-v3 (pytorch-fid's weights).
 
     Args:
-      weights: the `.npz` from `python -m vpt_jax.models.inception SRC.pth DST.npz` (or the `.pth`
+      weights: the `.npz` from `python -m vpt_jax.analysis.fid.inception_weights SRC.pth DST.npz` (or the `.pth`
         itself when torch is installed).
 
     Returns:
@@ -130,28 +130,33 @@ def vit_extractor(
     )
 
 
-def add_extractor_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds `--features`, `--inception` and `--checkpoint` to a command line."""
-    parser.add_argument(
-        "--features",
-        choices=FEATURES,
-        default="inception",
-        help="feature space: inception (FID, needs --inception) or vit (a ViT checkpoint's "
+def define_extractor_flags(values: flags.FlagValues) -> None:
+    """Defines `--features`, `--inception` and `--checkpoint` on a command's flags."""
+    flags.DEFINE_enum(
+        "features",
+        "inception",
+        FEATURES,
+        "feature space: inception (FID, needs --inception) or vit (a ViT checkpoint's "
         "pre-logits features, needs --checkpoint; no Inception weights)",
+        flag_values=values,
     )
-    parser.add_argument("--inception", help="FID Inception weights .npz (--features inception)")
-    parser.add_argument("--checkpoint", help="ViT checkpoint .npz (--features vit)")
+    flags.DEFINE_string(
+        "inception", None, "FID Inception weights .npz (--features inception)", flag_values=values
+    )
+    flags.DEFINE_string(
+        "checkpoint", None, "ViT checkpoint .npz (--features vit)", flag_values=values
+    )
 
 
-def extractor_from_args(args: argparse.Namespace) -> FeatureExtractor:
-    """The extractor `add_extractor_arguments`'s options name, or a one-line `UserError`."""
-    if args.features == "inception":
-        if not args.inception:
+def extractor_from_flags(values: flags.FlagValues) -> FeatureExtractor:
+    """The extractor `define_extractor_flags`'s flags name, or a one-line `UserError`."""
+    if values.features == "inception":
+        if not values.inception:
             raise UserError(
                 f"--features inception needs --inception WEIGHTS.npz ({_CONVERT_HINT}); or use "
                 "--features vit --checkpoint VIT.npz"
             )
-        return inception_extractor(args.inception)
-    if not args.checkpoint:
+        return inception_extractor(values.inception)
+    if not values.checkpoint:
         raise UserError("--features vit needs --checkpoint VIT.npz (a google-research ViT .npz)")
-    return vit_extractor(args.checkpoint)
+    return vit_extractor(values.checkpoint)

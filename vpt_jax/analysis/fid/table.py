@@ -1,7 +1,7 @@
 """FID tables: one row per dataset split with its distance to the reference, as CSV and text.
 
-The CSV (`CSV_FIELDS`) is what `python -m vpt_jax.analysis.distance --out fid.csv` writes and what
-the quadrant figure and the advisor read back.
+The CSV (`CSV_FIELDS`) is what `python -m vpt_jax.analysis.fid.distance --out fid.csv` writes and
+what the quadrant figure and the advisor read back.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from vpt_jax import atomic
-from vpt_jax.analysis.tasks import known_disparity, task_group
+from vpt_jax.data import parse_dataset
 from vpt_jax.errors import UserError
 
 CSV_FIELDS = (
@@ -42,11 +42,6 @@ class DatasetDistance:
     reference: str  # what the distance is measured to
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes a file through a temporary file beside it and an atomic rename."""
-    atomic.write_bytes(path, data)
-
-
 def write_distances_csv(path: str | os.PathLike, rows: Sequence[DatasetDistance]) -> None:
     """Writes an FID table as CSV (columns `CSV_FIELDS`), atomically."""
     text = io.StringIO()
@@ -54,7 +49,7 @@ def write_distances_csv(path: str | os.PathLike, rows: Sequence[DatasetDistance]
     writer.writeheader()
     for row in rows:
         writer.writerow({**dataclasses.asdict(row), "fid": repr(row.fid)})
-    atomic_write_bytes(path, text.getvalue().encode())
+    atomic.write_bytes(path, text.getvalue().encode())
 
 
 def read_distances_csv(path: str | os.PathLike) -> list[DatasetDistance]:
@@ -66,7 +61,7 @@ def read_distances_csv(path: str | os.PathLike) -> list[DatasetDistance]:
     path = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(path):
         raise UserError(
-            f"FID table not found: {path}; write one with python -m vpt_jax.analysis.distance"
+            f"FID table not found: {path}; write one with python -m vpt_jax.analysis.fid.distance"
         )
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
@@ -86,12 +81,13 @@ def read_distances_csv(path: str | os.PathLike) -> list[DatasetDistance]:
                     f"{record.get('num_images')!r} is not a number; fix or rewrite the table"
                 ) from None
             dataset = record["dataset"]
+            group, disparity = _known_group_and_disparity(dataset)
             rows.append(
                 DatasetDistance(
                     dataset=dataset,
                     split=record.get("split") or "",
-                    group=record.get("group") or task_group(dataset),
-                    disparity=record.get("disparity") or known_disparity(dataset) or "",
+                    group=record.get("group") or group,
+                    disparity=record.get("disparity") or disparity,
                     fid=fid,
                     num_images=num_images,
                     features=record.get("features") or "",
@@ -99,6 +95,15 @@ def read_distances_csv(path: str | os.PathLike) -> list[DatasetDistance]:
                 )
             )
     return rows
+
+
+def _known_group_and_disparity(dataset: str) -> tuple[str, str]:
+    """What a dataset's name tells of its group and disparity (`''` each where it cannot tell)."""
+    try:
+        name = parse_dataset(dataset, bare_vtab=True)
+    except UserError:  # a table may hold any name: its group and disparity are then unknown
+        return "", ""
+    return name.group, name.disparity or ""
 
 
 def format_distances(rows: Sequence[DatasetDistance]) -> str:

@@ -9,27 +9,27 @@ own prediction.
                                   split.images, split.labels, "figures/")
 
 writes `figures/gradcam.png` and `figures/integrated_gradients.png`. The command that does this
-from two task artifacts is `python -m vpt_jax.analysis.attribution_figures`.
+from two task artifacts is `python -m vpt_jax.analysis.attribution.figures`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import os
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
 from vpt_jax import atomic
-from vpt_jax.analysis import attribution
-from vpt_jax.analysis.features import check_images
-from vpt_jax.data.preprocess import check_normalization, normalize
+from vpt_jax.analysis.attribution.baselines import BASELINES
+from vpt_jax.analysis.attribution.classifier import model_inputs, predict
+from vpt_jax.analysis.attribution.gradcam import gradcam
+from vpt_jax.analysis.attribution.integrated_gradients import integrated_gradients
+from vpt_jax.analysis.attribution.quadrature import integration_points
+from vpt_jax.data.preprocess import check_images, check_normalization
 from vpt_jax.errors import UserError
 from vpt_jax.models.vit import VisionTransformer
 
@@ -73,48 +73,6 @@ class ComparisonReport:
     ig_relative_delta: dict[str, list[float]]
 
 
-def model_inputs(pixels: np.ndarray, normalization: str) -> jax.Array:
-    """uint8 pixels, or float pixels in [0, 1], to normalised float32 model inputs."""
-    scale = 1.0 if pixels.dtype == np.uint8 else 255.0
-    return normalize(jnp.asarray(pixels, jnp.float32) * scale, normalization)
-
-
-def predict(
-    model: VisionTransformer,
-    params: Any,
-    pixels: Any,
-    *,
-    normalization: str = "inception",
-    batch_size: int = 64,
-) -> np.ndarray:
-    """The predicted class of each image, normalised batch by batch (one compiled shape).
-
-    Args:
-      model: a classifier.
-      params: its parameters.
-      pixels: `(N, H, W, 3)` uint8, or float in [0, 1].
-      normalization: `inception` or `imagenet`.
-      batch_size: images per forward pass; every batch is padded to it.
-
-    Returns:
-      int32 `(N,)` predictions.
-    """
-    pixels = np.asarray(pixels)
-    predictions = [np.zeros((0,), np.int32)]
-    for start in range(0, len(pixels), batch_size):
-        batch = pixels[start : start + batch_size]
-        padded = np.pad(batch, ((0, batch_size - len(batch)),) + ((0, 0),) * 3)
-        inputs = model_inputs(padded, normalization)
-        predictions.append(np.asarray(_predict(model, params, inputs))[: len(batch)])
-    return np.concatenate(predictions)
-
-
-@functools.partial(jax.jit, static_argnames="model")
-def _predict(model: VisionTransformer, params: Any, inputs: jax.Array) -> jax.Array:
-    logits = model.apply({"params": params}, inputs, train=False)[0]
-    return jnp.argmax(logits, -1).astype(jnp.int32)
-
-
 def find_disagreements(
     ft_predictions: Any, vpt_predictions: Any, labels: Any, max_rows: int = 8
 ) -> Disagreements:
@@ -150,7 +108,7 @@ def check_options(
       kinds: figure kinds (`gradcam`, `ig`).
       target: `true` or `predicted`.
       normalization: `inception` or `imagenet`.
-      ig_options: keyword arguments meant for `attribution.integrated_gradients`.
+      ig_options: keyword arguments meant for `integrated_gradients`.
     """
     check_normalization(normalization)
     unknown = [k for k in kinds if k not in FIGURES]
@@ -159,14 +117,10 @@ def check_options(
     if target not in TARGETS:
         raise UserError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
     if "ig" in kinds:
-        attribution.integration_points(
-            ig_options.get("method", "gausslegendre"), ig_options.get("n_steps", 50)
-        )
+        integration_points(ig_options.get("method", "gausslegendre"), ig_options.get("n_steps", 50))
         baseline = ig_options.get("baseline", "black")
-        if isinstance(baseline, str) and baseline not in attribution.BASELINES:
-            raise UserError(
-                f"unknown baseline {baseline!r}; use one of {', '.join(attribution.BASELINES)}"
-            )
+        if isinstance(baseline, str) and baseline not in BASELINES:
+            raise UserError(f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}")
 
 
 def attribution_maps(
@@ -186,15 +140,15 @@ def attribution_maps(
       targets: `(B,)` classes to explain.
       kind: `gradcam` (min-max scaled maps) or `ig` (`|attributions|` summed over channels,
         scaled by the 99th percentile).
-      **ig_options: keyword arguments of `attribution.integrated_gradients` (IG only).
+      **ig_options: keyword arguments of `integrated_gradients` (IG only).
 
     Returns:
       `(maps (B, H, W), relative completeness error (B,) or None for GradCAM)`.
     """
     if kind == "gradcam":
-        return np.asarray(attribution.gradcam(model, params, inputs, targets).maps), None
+        return np.asarray(gradcam(model, params, inputs, targets).maps), None
     if kind == "ig":
-        result = attribution.integrated_gradients(model, params, inputs, targets, **ig_options)
+        result = integrated_gradients(model, params, inputs, targets, **ig_options)
         return np.asarray(result.heatmap()), np.asarray(result.relative_delta)
     raise UserError(f"unknown figure {kind!r}; use one of {', '.join(FIGURES)}")
 
@@ -237,7 +191,7 @@ def render_comparison(
         figure.suptitle(suptitle, fontsize=9)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    atomic_write(path, buffer.getvalue())
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def draw_comparison(
@@ -267,7 +221,7 @@ def draw_comparison(
       class_names: names for the titles (default: class indices).
       target: explain the `true` class or each model's `predicted` class.
       kinds: figures to draw: `gradcam`, `ig`.
-      **ig_options: keyword arguments of `attribution.integrated_gradients`.
+      **ig_options: keyword arguments of `integrated_gradients`.
 
     Returns:
       `(figure kind -> PNG path, ft/vpt -> IG relative completeness error per row)`.
@@ -325,7 +279,7 @@ def compare_attributions(
       kinds: figures to draw: `gradcam`, `ig`.
       max_rows: most rows per figure.
       batch_size: images per forward pass when predicting.
-      **ig_options: keyword arguments of `attribution.integrated_gradients` (`n_steps`,
+      **ig_options: keyword arguments of `integrated_gradients` (`n_steps`,
         `method`, `baseline`, `blur_sigma`, `chunk_size`).
 
     Returns:
@@ -367,8 +321,3 @@ def check_found(
             f"FT and VPT are right on the same images: none of {len(labels)} is classified "
             f"correctly by exactly one ({both} by both); pass more images"
         )
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Writes `data` to a temporary file beside `path`, then renames it over `path`."""
-    atomic.write_bytes(path, data)

@@ -1,0 +1,185 @@
+"""One training run: built once from its config, trained stage by stage, recorded.
+
+`train_and_evaluate(config, workdir)` is the whole contract. A run writes `config.json`, per-epoch
+`metrics.jsonl` (and TensorBoard summaries), orbax checkpoints of its trainable state, and at the end
+`artifact.npz` (the tuned leaves) and `result.json`. Started again on the same workdir it resumes
+from the last checkpoint (ending with the same metrics as an uninterrupted run); a finished run is
+not redone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from vpt_jax import paths
+from vpt_jax.errors import UserError
+from vpt_jax.models.checkpoint import load_pretrained, save_npz
+from vpt_jax.models.vit import init_params
+from vpt_jax.train import feed, records
+from vpt_jax.train.checkpoints import StageCheckpoints
+from vpt_jax.train.setup import RunData, RunSetup, build_run, open_data
+from vpt_jax.train.stage import RunContext, TrainingDiverged, train_stage
+from vpt_jax.train.step import Augmentation
+from vpt_jax.tuning.artifact import export_artifact
+from vpt_jax.tuning.budget import parameter_budget
+
+log = logging.getLogger("vpt_jax")
+# Fields that do not change what a run computes: a resumed run may differ in them.
+_NON_SEMANTIC = {("train", "log_every_steps"), ("train", "checkpoint_every_epochs")}
+
+__all__ = ["TrainingDiverged", "prepare_workdir", "train_and_evaluate"]
+
+
+def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains and evaluates one run as the config says; returns its result record."""
+    mesh = feed.make_mesh()
+    setup = build_run(c, mesh.size)
+    finished = prepare_workdir(workdir, c)
+    if finished is not None:
+        log.info("%s already finished: %s", workdir, _summary(finished["final"]))
+        return finished
+    start_time = time.time()
+    data = open_data(c, setup.dataset)
+    train = data.train
+    vit = setup.backbone
+    log.info(
+        "%s %s: %d training examples, %d classes; strategy %s on ViT (hidden %d, %d layers, patch "
+        "%d) at %dx%d on %d device(s)",
+        c.data.dataset, c.data.train_split, len(train), train.num_classes, setup.strategy.name,
+        vit.hidden_size, vit.num_layers, vit.patch_size, vit.image_size, vit.image_size, mesh.size,
+    )  # fmt: skip
+    key = jax.random.key(c.train.seed)
+    models = [plan.strategy.build_model(vit, train.num_classes) for plan in setup.stages]
+    base = _initial_params(setup, models[0], jax.random.fold_in(key, 0))
+    ctx = _context(c, setup, data, mesh, workdir)
+    params, final_metrics = base, {}
+    for plan, model in zip(setup.stages, models, strict=True):
+        if plan.index:  # later stages add parameters (prompts) to the previous stage's
+            params = _carry_over(
+                params, init_params(model, jax.random.fold_in(key, plan.index + 1))
+            )
+        params, final_metrics = train_stage(plan, model, params, ctx)
+    ctx.log.close()
+    result = _result(c, setup, params, train, final_metrics, time.time() - start_time)
+    if jax.process_index() == 0:
+        _write_outputs(c, setup, workdir, params, base, result)
+    log.info("finished %s: %s", workdir, _summary(final_metrics))
+    return result
+
+
+def prepare_workdir(workdir: str, c: ml_collections.ConfigDict) -> dict | None:
+    """Checks the workdir against the config; returns the result of a finished run, else None."""
+    os.makedirs(workdir, exist_ok=True)
+    config_path = os.path.join(workdir, records.CONFIG)
+    current = c.to_dict()
+    if os.path.exists(config_path):
+        previous = records.read_json(config_path)
+        if _semantic(previous) != _semantic(records.jsonable(current)):
+            raise UserError(
+                f"{workdir} holds a run with another config ({config_path}); use a new --workdir "
+                "or delete that one"
+            )
+        result_path = os.path.join(workdir, records.RESULT)
+        if os.path.exists(result_path):
+            return records.read_json(result_path)
+    elif jax.process_index() == 0:
+        records.write_json(config_path, current)
+    return None
+
+
+def _semantic(config_dict: dict) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config_dict.items()}
+    for section, field in _NON_SEMANTIC:
+        out.get(section, {}).pop(field, None)
+    return out
+
+
+def _initial_params(setup: RunSetup, first: Any, rng: jax.Array) -> dict:
+    if setup.checkpoint is not None:
+        return load_pretrained(setup.checkpoint, first, rng=rng)
+    log.warning("model.checkpoint is empty: training from random initialisation")
+    return jax.device_get(init_params(first, rng))
+
+
+def _context(c, setup: RunSetup, data: RunData, mesh, workdir: str) -> RunContext:
+    train = data.train
+    rep = feed.replicated(mesh)
+    writes = jax.process_index() == 0
+    return RunContext(
+        train=c.train,
+        augmentation=Augmentation(c.data.normalization, c.data.flip, c.data.crop_padding),
+        mesh=mesh,
+        train_arrays={
+            "image": feed.global_array(train.images, rep),
+            "label": feed.global_array(train.labels.astype(np.int32), rep),
+        },
+        num_train=len(train),
+        evals=data.evals,
+        workdir=workdir,
+        log=records.RunLog(workdir, _resume_point(workdir, len(setup.stages)), writes=writes),
+        num_stages=len(setup.stages),
+    )
+
+
+def _resume_point(workdir: str, num_stages: int) -> tuple[int, int] | None:
+    """The (stage, epoch) of the newest checkpoint: metrics after it are recomputed on resume."""
+    point = None
+    for index in range(num_stages):
+        directory = os.path.join(workdir, "checkpoints", f"stage{index}")
+        if os.path.isdir(directory):
+            epoch = StageCheckpoints(directory).latest_epoch()
+            if epoch:
+                point = (index, epoch)
+    return point
+
+
+def _carry_over(previous: dict, fresh: dict) -> dict:
+    """Parameters of a stage: the previous stage's where they exist, fresh ones (prompts) elsewhere."""
+    prev = paths.flatten(previous)
+    return paths.unflatten({k: prev.get(k, v) for k, v in paths.flatten(fresh).items()})
+
+
+def _result(c, setup: RunSetup, params, train, final_metrics, wall_time: float) -> dict[str, Any]:
+    counted = parameter_budget(setup.strategy, params)
+    return {
+        "config": c.to_dict(),
+        "final": final_metrics,
+        "num_classes": train.num_classes,
+        "train_examples": len(train),
+        "tuned_parameters": counted.tuned,
+        "total_parameters": counted.total,
+        "tuned_percent": counted.percent,
+        "wall_time_s": wall_time,
+    }
+
+
+def _write_outputs(c, setup: RunSetup, workdir: str, params, base, result) -> None:
+    export_artifact(
+        os.path.join(workdir, records.ARTIFACT),
+        params,
+        strategy=setup.strategy,
+        config=setup.backbone,
+        num_classes=result["num_classes"],
+        base_params=base,
+        extra={
+            "dataset": c.data.dataset,
+            "train_split": c.data.train_split,
+            "image_size": c.model.image_size,
+            "normalization": c.data.normalization,
+            **result["final"],
+        },
+    )
+    if c.train.export_checkpoint:
+        save_npz(os.path.join(workdir, records.CHECKPOINT), params)
+    records.write_json(os.path.join(workdir, records.RESULT), records.jsonable(result))
+
+
+def _summary(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if k.endswith("top1"))

@@ -1,0 +1,211 @@
+"""What a run is built from, built once from its config: backbone, strategy, stages, data.
+
+`build_run(config, num_devices)` checks the settings (`vpt_jax.config.check`), reads the pretrained
+checkpoint once, and builds the backbone's config, the strategy and each stage's optimizer
+settings; a mistake in any name is one `UserError` line here, before data is read or anything
+compiled. The trainer uses the result as it is, and a study validates its runs with the same call.
+`open_data` reads the training split and opens the evaluation splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from vpt_jax import config as config_lib
+from vpt_jax.data import ArraySplit, DatasetName, DataSource, get_dataset, parse_dataset
+from vpt_jax.data.preprocess import check_normalization
+from vpt_jax.data.splits import one_shot_indices
+from vpt_jax.errors import UserError
+from vpt_jax.models.checkpoint import Checkpoint, config_from_checkpoint, read_checkpoint
+from vpt_jax.models.precision import check_precision
+from vpt_jax.models.vit import ViTConfig
+from vpt_jax.train import feed
+from vpt_jax.tuning.strategies import STRATEGIES, Strategy, get_strategy
+
+EVAL_CACHE_BYTES = 2 * 1024**3  # evaluation splits up to this size are decoded once and kept
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """One stage's optimizer, as configured."""
+
+    name: str  # sgd | adamw
+    lr: float  # base learning rate (before batch scaling)
+    weight_decay: float
+    warmup_epochs: int
+    scale_lr_by_batch: bool  # peak = lr * batch / 256
+    momentum: float
+    b1: float
+    b2: float
+    eps: float
+    grad_clip: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+    """What one stage trains, with which optimizer, for how long."""
+
+    index: int
+    strategy: Strategy
+    optimizer: OptimizerSettings
+    epochs: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+    """Everything a run is built from."""
+
+    dataset: DatasetName
+    backbone: ViTConfig
+    strategy: Strategy
+    stages: tuple[StagePlan, ...]
+    checkpoint: Checkpoint | None  # the pretrained weights, read once; None: random init
+
+
+def build_run(
+    c: ml_collections.ConfigDict,
+    num_devices: int,
+    *,
+    read_weights: bool = True,
+    checkpoint: Checkpoint | None = None,
+) -> RunSetup:
+    """Checks a run config and builds what it describes.
+
+    Args:
+      c: the run config (`vpt_jax.config.base_config`).
+      num_devices: devices the batches are split over.
+      read_weights: read `model.checkpoint`; False (checking a config without running it) reads it
+        only when the architecture comes from it (`model.variant="auto"`).
+      checkpoint: `model.checkpoint` already read (by an earlier call), so it is not read again.
+
+    Raises:
+      UserError: any mistake, as one line.
+    """
+    config_lib.check(c, num_devices)
+    dataset = parse_dataset(c.data.dataset)  # an unknown task fails here, before any data is read
+    try:
+        check_normalization(c.data.normalization)
+    except UserError as e:
+        raise UserError(f"data.normalization: {e}") from None
+    if checkpoint is not None and checkpoint.path != c.model.checkpoint:
+        raise ValueError(f"checkpoint {checkpoint.path} is not model.checkpoint")
+    if checkpoint is None and c.model.checkpoint and (read_weights or c.model.variant == "auto"):
+        checkpoint = read_checkpoint(c.model.checkpoint)
+    backbone = backbone_config(c.model, checkpoint)
+    strategy = build_strategy(c.strategy, backbone.num_layers)
+    return RunSetup(dataset, backbone, strategy, stage_plans(c, strategy), checkpoint)
+
+
+def backbone_config(m: ml_collections.ConfigDict, checkpoint: Checkpoint | None) -> ViTConfig:
+    """The backbone's `ViTConfig` from the `model` section (`variant="auto"`: the checkpoint's)."""
+    try:
+        check_precision(m.precision)
+    except ValueError as e:
+        raise UserError(f"model.precision: {e}") from None
+    common = dict(
+        image_size=m.image_size,
+        gelu_approximate=m.gelu_approximate,
+        dropout_rate=m.dropout_rate,
+        attention_dropout_rate=m.attention_dropout_rate,
+        precision=m.precision,
+    )
+    if m.variant == "auto":
+        if checkpoint is None:
+            raise UserError("model.variant='auto' reads the widths from model.checkpoint; set one")
+        found = config_from_checkpoint(checkpoint.flat)
+        # Tasks train without the checkpoint's representation layer (a fresh head on the tokens).
+        return dataclasses.replace(found, representation_size=None, **common)
+    if m.variant == "custom":
+        widths = (m.patch_size, m.hidden_size, m.num_layers, m.num_heads, m.mlp_dim)
+        if min(widths) < 1 or m.hidden_size % m.num_heads or m.image_size % m.patch_size:
+            raise UserError(
+                "model.variant='custom' needs positive widths, hidden_size divisible by num_heads "
+                f"and image_size divisible by patch_size; got {widths}, image_size {m.image_size}"
+            )
+        return ViTConfig(*widths, **common)
+    try:
+        return ViTConfig.from_variant(m.variant, **common)
+    except ValueError as e:
+        raise UserError(f"model.variant: {e}") from None
+
+
+def build_strategy(s: ml_collections.ConfigDict, num_layers: int) -> Strategy:
+    """The `Strategy` the `strategy` section describes, on a backbone `num_layers` deep."""
+    if s.name == "custom":
+        if not s.rules:
+            raise UserError("strategy 'custom' needs strategy.rules: ((regex, label), ...)")
+        rules = tuple((str(pattern), str(label)) for pattern, label in s.rules)
+        return Strategy("custom", rules, backbone_dropout=s.backbone_dropout)
+    if s.rules:
+        raise UserError(f"strategy.rules is only read by strategy 'custom' (not {s.name!r})")
+    if s.name not in STRATEGIES:
+        raise UserError(f"unknown strategy {s.name!r}; use one of: {', '.join(STRATEGIES)}, custom")
+    return get_strategy(
+        s.name,
+        num_prompts=s.num_prompts,
+        prompt_dropout=s.prompt_dropout,
+        prompt_dim=s.prompt_dim or None,
+        partial_k=s.partial_k,
+        num_layers=num_layers,
+        mlp_hidden=tuple(s.mlp_hidden),
+        lora_rank=s.lora_rank,
+        lora_alpha=s.lora_alpha,
+    )
+
+
+def stage_plans(c: ml_collections.ConfigDict, strategy: Strategy) -> tuple[StagePlan, ...]:
+    """The stages of a run: the last uses `optimizer`/`train`, an earlier one `ft_stage`."""
+    stages = strategy.stages or (strategy,)
+    o, f = c.optimizer, c.ft_stage
+    shared = dict(
+        scale_lr_by_batch=o.scale_lr_by_batch,
+        momentum=o.momentum,
+        b1=o.b1,
+        b2=o.b2,
+        eps=o.eps,
+        grad_clip=o.grad_clip,
+    )
+    last = OptimizerSettings(
+        o.name or strategy.final.optimizer, o.lr, o.weight_decay, o.warmup_epochs, **shared
+    )
+    earlier = OptimizerSettings(f.optimizer, f.lr, f.weight_decay, f.warmup_epochs, **shared)
+    return tuple(
+        StagePlan(i, stage, last, c.train.epochs)
+        if i == len(stages) - 1
+        else StagePlan(i, stage, earlier, f.epochs)
+        for i, stage in enumerate(stages)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """A run's data: the training split in memory, the evaluation splits opened."""
+
+    train: ArraySplit
+    evals: tuple[feed.EvalData, ...]
+
+
+def open_data(c: ml_collections.ConfigDict, dataset: DatasetName) -> RunData:
+    """Reads the training split (k per class with `data.shots`) and opens the evaluation splits."""
+    d = c.data
+    options = dict(data_dir=d.data_dir or None, image_size=c.model.image_size, seed=d.seed)
+    train_source = get_dataset(dataset, d.train_split, **options)
+    evals = []
+    for split_name in d.eval_splits:
+        source = get_dataset(dataset, split_name, **options)
+        if d.shots and split_name.startswith("val"):  # k-shot selection on k-shot validation
+            source = DataSource.from_arrays(few_shot(source.materialize(), d.shots, d.seed + 1))
+        evals.append(feed.EvalData(split_name, source, EVAL_CACHE_BYTES))
+    train = train_source.materialize()
+    if d.shots:
+        train = few_shot(train, d.shots, d.seed)
+    return RunData(train, tuple(evals))
+
+
+def few_shot(split: ArraySplit, shots: int, seed: int) -> ArraySplit:
+    """`shots` examples per class of a split, drawn reproducibly by `seed` (the one-shot study)."""
+    return split.subset(
+        one_shot_indices(split.labels, seed, shots), name=f"{split.name}:{shots}shot"
+    )

@@ -1,0 +1,234 @@
+"""One stage of a run: its optimizer, its resumable epoch loop, its evaluations and records.
+
+A run has one stage (or two for FT-then-PT). A stage trains the strategy's trainable leaves with the
+compiled step of `vpt_jax.train.step`, evaluates after every `eval_every_epochs` epochs and at its
+end, saves its trainable state to orbax checkpoints and appends one record per epoch. Started again
+it resumes from its newest checkpoint; a stage that had finished returns its last record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from vpt_jax.data.pipeline import epoch_batch_indices
+from vpt_jax.errors import UserError
+from vpt_jax.train import feed, step
+from vpt_jax.train.checkpoints import StageCheckpoints
+from vpt_jax.train.optimizer import OptimizerSpec, learning_rate, schedule
+from vpt_jax.train.records import RunLog
+from vpt_jax.train.setup import StagePlan
+from vpt_jax.tuning.budget import parameter_budget
+from vpt_jax.tuning.rules import label_tree, merge, split
+
+log = logging.getLogger("vpt_jax")
+_METRIC_SUFFIXES = ("_loss", "_top1", "_accuracy")
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What every stage of a run shares: settings, devices, data on them, the workdir, the log."""
+
+    train: ml_collections.ConfigDict  # the config's `train` section
+    augmentation: step.Augmentation
+    mesh: Mesh
+    train_arrays: dict[str, jax.Array]  # the training split on the devices
+    num_train: int
+    evals: tuple[feed.EvalData, ...]
+    workdir: str
+    log: RunLog
+    num_stages: int
+
+    def checkpoint_dir(self, index: int) -> str:
+        return os.path.join(self.workdir, "checkpoints", f"stage{index}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """A stage's learning-rate schedule in steps."""
+
+    peak: float
+    steps_per_epoch: int
+    warmup_steps: int
+    total_steps: int
+
+    @classmethod
+    def create(cls, plan: StagePlan, num_train: int, batch_size: int) -> Schedule:
+        o = plan.optimizer
+        per_epoch = -(-num_train // batch_size)
+        peak = learning_rate(o.lr, batch_size, o.scale_lr_by_batch)
+        return cls(peak, per_epoch, o.warmup_epochs * per_epoch, plan.epochs * per_epoch)
+
+    def rate(self, step_count: int) -> float:
+        return float(schedule(self.peak, self.warmup_steps, self.total_steps)(step_count))
+
+
+def train_stage(
+    plan: StagePlan, model: Any, params: dict, ctx: RunContext
+) -> tuple[dict, dict[str, float]]:
+    """Trains one stage (resuming from its checkpoints); returns its params and last metrics."""
+    rates = Schedule.create(plan, ctx.num_train, ctx.train.batch_size)
+    program = _train_program(plan, model, params, rates, ctx)
+    rep = feed.replicated(ctx.mesh)
+    key = jax.random.fold_in(jax.random.key(ctx.train.seed), 1000 + plan.index)
+    state = jax.device_put(
+        step.TrainState.create(params, program.tx(rates.peak, plan.optimizer.weight_decay), key),
+        rep,
+    )
+    counted = parameter_budget(plan.strategy, params)
+    log.info(
+        "stage %d/%d (%s): %s trainable of %s parameters, %s, peak lr %.4g, %d epochs x %d steps",
+        plan.index + 1, ctx.num_stages, plan.strategy.name, f"{counted.tuned:,}",
+        f"{counted.total:,}", plan.optimizer.name, rates.peak, plan.epochs, rates.steps_per_epoch,
+    )  # fmt: skip
+    checkpoints = StageCheckpoints(ctx.checkpoint_dir(plan.index))
+    start = checkpoints.latest_epoch() or 0
+    if start:
+        state = _restore(checkpoints, start, state, program, rep)
+        log.info("resumed stage %d from its epoch-%d checkpoint", plan.index + 1, start)
+    row: dict[str, Any] | None = None
+    started = time.time()
+    for epoch in range(start + 1, plan.epochs + 1):
+        state, row = _epoch(plan, epoch, state, program, rates, checkpoints, ctx)
+        eta = (time.time() - started) / (epoch - start) * (plan.epochs - epoch)
+        _log_epoch(plan, row, eta)
+    if row is None:  # the stage had finished before a restart: its last record has the metrics
+        row = ctx.log.last_row(plan.index, plan.epochs) or {}
+    checkpoints.close()
+    metrics = {k: v for k, v in row.items() if k.endswith(_METRIC_SUFFIXES)}
+    return jax.device_get(state.params), metrics
+
+
+def _train_program(plan, model, params, rates: Schedule, ctx: RunContext) -> step.TrainProgram:
+    o = plan.optimizer
+    spec = OptimizerSpec(
+        o.name, rates.warmup_steps, rates.total_steps, o.momentum, o.b1, o.b2, o.eps, o.grad_clip
+    )
+    return step.TrainProgram.create(
+        model,
+        label_tree(params, plan.strategy.rules),
+        optimizer=spec,
+        backbone_train=plan.strategy.backbone_dropout,
+        augmentation=ctx.augmentation,
+        batch_sharding=feed.batch_sharded(ctx.mesh),
+    )
+
+
+def _restore(checkpoints, epoch: int, state, program: step.TrainProgram, rep):
+    trainable, frozen = split(state.params, program.label_tree())
+    like = jax.device_put(_checkpoint_tree(state, trainable, 0), rep)
+    restored = checkpoints.restore(epoch, like)
+    return step.TrainState(
+        step=restored["step"],
+        params=merge(restored["trainable"], frozen),
+        opt_state=restored["opt_state"],
+        rng=restored["rng"],
+    )
+
+
+def _epoch(plan, epoch, state, program, rates: Schedule, checkpoints, ctx: RunContext):
+    """Trains one epoch, evaluates when due, checkpoints when due, and records the epoch."""
+    epoch_start = time.time()
+    settings = ctx.train
+    shard, rep = feed.batch_sharded(ctx.mesh), feed.replicated(ctx.mesh)
+    indices, mask = epoch_batch_indices(
+        ctx.num_train, settings.batch_size, seed=settings.seed, epoch=epoch + 1000 * plan.index
+    )
+    sums = jax.device_put(jnp.zeros(3, jnp.float32), rep)
+    for s in range(len(indices)):
+        state, sums = step.train_on_indices(
+            state,
+            sums,
+            ctx.train_arrays,
+            feed.global_array(indices[s], shard),
+            feed.global_array(mask[s], shard),
+            program=program,
+        )
+        if settings.log_every_steps and (s + 1) % settings.log_every_steps == 0:
+            done = np.asarray(jax.device_get(sums))
+            log.info("  epoch %d step %d: loss %.4f", epoch, s + 1, done[0] / done[2])
+    loss_sum, correct, seen = (float(x) for x in jax.device_get(sums))
+    train_loss = loss_sum / seen
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(
+            f"training diverged: the loss is {train_loss} in epoch {epoch} of stage "
+            f"{plan.index + 1} (learning rate peak {rates.peak:.4g}); the last good checkpoint "
+            f"(epoch {checkpoints.latest_epoch()}) is kept in {checkpoints.directory}; lower "
+            "optimizer.lr"
+        )
+    train_seconds = time.time() - epoch_start
+    metrics = {"train_loss": train_loss, "train_accuracy": correct / seen}
+    if epoch % settings.eval_every_epochs == 0 or epoch == plan.epochs:
+        eval_program = step.EvalProgram(program.model, program.augmentation.normalization)
+        for data in ctx.evals:
+            metrics.update(evaluate(eval_program, state.params, data, settings, ctx.mesh))
+    step_count = int(jax.device_get(state.step))
+    row = {
+        "stage": plan.index,
+        "epoch": epoch,
+        "step": step_count,
+        "lr": rates.rate(step_count),
+        "images_per_sec": seen / train_seconds,
+        "epoch_seconds": time.time() - epoch_start,
+        **metrics,
+    }
+    if epoch % settings.checkpoint_every_epochs == 0 or epoch == plan.epochs:
+        trained, _ = split(state.params, program.label_tree())
+        checkpoints.save(epoch, _checkpoint_tree(state, trained, epoch))
+    ctx.log.append(row)
+    return state, row
+
+
+def evaluate(program: step.EvalProgram, params, data: feed.EvalData, settings, mesh: Mesh):
+    """`{split}_loss` and `{split}_top1` over every example of an evaluation split."""
+    sums = jax.device_put(jnp.zeros(3, jnp.float32), feed.replicated(mesh))
+    for batch in data.batches(settings.eval_batch_size, mesh):
+        sums = step.accumulate_eval(sums, params, batch, program=program)
+    loss_sum, correct, seen = (float(x) for x in jax.device_get(sums))
+    return {f"{data.name}_loss": loss_sum / seen, f"{data.name}_top1": correct / seen}
+
+
+def _checkpoint_tree(state, trainable: Any, epoch: int) -> dict[str, Any]:
+    return {
+        "trainable": trainable,
+        "opt_state": state.opt_state,
+        "step": state.step,
+        "rng": state.rng,
+        "epoch": jnp.asarray(epoch, jnp.int32),
+    }
+
+
+def _log_epoch(plan: StagePlan, row: dict[str, Any], eta: float) -> None:
+    evaluated = {k: v for k, v in row.items() if k.endswith(("_loss", "_top1"))}
+    log.info(
+        "stage %d epoch %d/%d  loss %.4f  acc %.3f  %s  %.0f img/s  %s left",
+        plan.index + 1,
+        row["epoch"],
+        plan.epochs,
+        row["train_loss"],
+        row["train_accuracy"],
+        "  ".join(f"{k} {v:.4f}" for k, v in evaluated.items() if not k.startswith("train")),
+        row["images_per_sec"],
+        _duration(eta),
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
