@@ -22,6 +22,7 @@ TOY = ParamLayout(
     final_norm="trunk/norm",
     block="trunk/layer{}",
     sites=((additions.TOKENS, "trunk"), (additions.HEAD, "")),
+    identity=("stem/kernel",),
 )
 TOY_KEYS = [
     "stem/kernel",

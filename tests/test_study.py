@@ -97,6 +97,16 @@ def test_tiny_study_selection_seed_averaging_and_report(tmp_path, base):
     # Keyed like the distance command's FID tables, so the quadrant figure matches them up.
     assert set(results) == {"procedural:location", "procedural:objects"}
     assert set(results["procedural:location"]) == {"full", "vpt_deep"}
+    # ...which is what the quadrant table needs to say who won each task (not "unknown").
+    from vpt_jax.analysis.fid.table import DatasetDistance
+    from vpt_jax.analysis.quadrants import quadrant_table
+
+    distances = [
+        DatasetDistance(name, "train800val200", "", "", fid, 100, "vit-x", "procedural:pretrain")
+        for name, fid in (("procedural:location", 50.0), ("procedural:objects", 10.0))
+    ]
+    table = quadrant_table(distances, results)
+    assert all(r.winner in ("FT", "VPT", "tie") for r in table.rows) and not table.unmatched
 
 
 def test_selection_rule_ties_go_to_the_smaller_lr():

@@ -33,12 +33,15 @@ class ParamLayout:
       block: the scope of block `i`, a format string with one `{}`.
       sites: `(site, scope regex)` pairs: where additions of each site put their parameters;
         an empty scope is the top level.
+      identity: a few backbone leaves that identify a pretrained backbone cheaply (a task
+        artifact records their hash and refuses to load on another base).
     """
 
     head: str
     final_norm: str
     block: str
     sites: tuple[tuple[str, str], ...]
+    identity: tuple[str, ...]
 
     def site_scope(self, site: str) -> str | None:
         """The scope regex of a site, or None when the family offers no such site."""
@@ -90,6 +93,7 @@ VIT_LAYOUT = ParamLayout(
         (ATTENTION, r"Transformer/encoderblock_\d+/MultiHeadDotProductAttention_1"),
         (HEAD, ""),
     ),
+    identity=("cls", "embedding/kernel", "Transformer/encoder_norm/scale"),
 )
 VIT = Family(
     "vit",

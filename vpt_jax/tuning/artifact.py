@@ -30,15 +30,13 @@ from vpt_jax.tuning.strategies import Strategy
 
 META_KEY = "__vpt_jax_meta__"
 FORMAT_VERSION = 2  # 2: additions as declarations (1: as strategy fields; still read)
-# Leaves that identify a backbone cheaply (hashing all 86M parameters at every load is not needed).
-_FINGERPRINT_KEYS = ("cls", "embedding/kernel", "Transformer/encoder_norm/scale")
 
 
-def fingerprint(params: Mapping[str, Any]) -> str:
+def fingerprint(params: Mapping[str, Any], layout: ParamLayout) -> str:
     """A short hash of a few backbone leaves, identifying the base checkpoint."""
     flat = paths.flatten(params)
     digest = hashlib.sha256()
-    for key in _FINGERPRINT_KEYS:
+    for key in layout.identity:  # a few leaves: hashing all 86M parameters at every load is slow
         digest.update(np.ascontiguousarray(np.asarray(flat[key], np.float32)).tobytes())
     return digest.hexdigest()[:16]
 
@@ -128,7 +126,9 @@ def export_artifact(
         "config": dataclasses.asdict(config),
         "num_classes": num_classes,
         "strategy": strategy_to_dict(strategy),
-        "base_fingerprint": fingerprint(base_params if base_params is not None else params),
+        "base_fingerprint": fingerprint(
+            base_params if base_params is not None else params, strategy.layout
+        ),
         "tuned_parameters": counted.tuned,
         "total_parameters": counted.total,
         "extra": dict(extra or {}),
@@ -181,8 +181,9 @@ def load_artifact(
         base = paths.flatten(base_checkpoint)
     else:
         base = paths.flatten(load_pretrained(base_checkpoint, model))
-    if any(k not in flat for k in _FINGERPRINT_KEYS):
-        got = fingerprint(paths.unflatten(base))
+    layout = family_of(config).layout
+    if any(k not in flat for k in layout.identity):  # the artifact does not carry its backbone
+        got = fingerprint(paths.unflatten(base), layout)
         if got != meta["base_fingerprint"]:
             raise UserError(
                 f"{os.fspath(path)} was trained on another base checkpoint (fingerprint "
