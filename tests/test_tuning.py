@@ -16,10 +16,10 @@ from vpt_jax.errors import UserError
 from vpt_jax.models.additions import Prompts
 from vpt_jax.models.vit import init_params
 from vpt_jax.train.step import TrainState, train_step
+from vpt_jax.tuning.budget import count
 from vpt_jax.tuning.rules import (
     FROZEN,
     RuleError,
-    count,
     label_paths,
     label_tree,
     masked_optimizer,

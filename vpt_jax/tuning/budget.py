@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 from absl import flags
 
@@ -45,11 +46,15 @@ def tuned_paths(strategy: Strategy, params: Mapping[str, Any]) -> list[str]:
     return [k for k in keys if k in tuned]
 
 
+def count(tree: Any) -> int:
+    """Number of scalar parameters in a tree (of arrays or `ShapeDtypeStruct`s)."""
+    return sum(int(np.prod(np.shape(leaf), dtype=np.int64)) for leaf in jax.tree.leaves(tree))
+
+
 def parameter_budget(strategy: Strategy, params: Mapping[str, Any]) -> Budget:
     """Tuned and total parameters of a tree (arrays or `ShapeDtypeStruct`s) under `strategy`."""
     flat = paths.flatten(params)
-    size = lambda k: int(np.prod(np.shape(flat[k]), dtype=np.int64))
-    return Budget(sum(size(k) for k in tuned_paths(strategy, params)), sum(map(size, flat)))
+    return Budget(count([flat[k] for k in tuned_paths(strategy, params)]), count(flat))
 
 
 def budget(strategy: Strategy, config: ViTConfig, num_classes: int) -> Budget:

@@ -12,7 +12,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import optax
 
 from vpt_jax import paths
@@ -89,11 +88,6 @@ def merge(*trees: Mapping[str, Any]) -> dict[str, Any]:
     for tree in trees:
         flat.update(paths.flatten(tree))
     return paths.unflatten(flat)
-
-
-def count(tree: Mapping[str, Any]) -> int:
-    """Number of scalar parameters in a tree."""
-    return sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def masked_optimizer(
