@@ -91,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every_epochs = 1  # evaluate every this many epochs (and always at the end)
     c.train.log_every_steps = 0  # also log the running train loss every this many steps; 0: off
     c.train.export_checkpoint = False  # also write checkpoint.npz: the whole model, google layout
+    # A workdir holding a run of another config is refused; True renames that run to
+    # <workdir>.previous-N (kept whole) and starts this one there (e.g. after a divergence).
+    c.train.move_aside_other_run = False  # set that other run aside instead of refusing
 
     c.distributed = ml_collections.ConfigDict()  # multi-host: jax.distributed.initialize arguments
     c.distributed.coordinator_address = ""  # host:port of process 0; "" = single host
@@ -113,21 +116,43 @@ def check(c: ml_collections.ConfigDict, num_devices: int) -> None:
         ("ft_stage.weight_decay", c.ft_stage.weight_decay),
         ("optimizer.grad_clip", c.optimizer.grad_clip),
         ("optimizer.warmup_epochs", c.optimizer.warmup_epochs),
-        ("model.dropout_rate", c.model.dropout_rate),
-        ("strategy.prompt_dropout", c.strategy.prompt_dropout),
+        ("ft_stage.warmup_epochs", c.ft_stage.warmup_epochs),
+        ("data.shots", c.data.shots),
+        ("train.log_every_steps", c.train.log_every_steps),
     ):
         if value < 0:
             raise UserError(f"{name} must be >= 0, got {value}")
+    for name, value in (
+        ("model.dropout_rate", c.model.dropout_rate),
+        ("model.attention_dropout_rate", c.model.attention_dropout_rate),
+        ("strategy.prompt_dropout", c.strategy.prompt_dropout),
+    ):
+        if not 0 <= value < 1:
+            raise UserError(
+                f"{name} is a probability of dropping: use 0 <= {name} < 1, got {value}"
+            )
     if c.optimizer.name not in ("", *OPTIMIZERS) or c.ft_stage.optimizer not in OPTIMIZERS:
         raise UserError(f"optimizer names are {', '.join(OPTIMIZERS)} (optimizer.name may be '')")
-    for name in ("epochs", "batch_size", "eval_batch_size"):
+    for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every_epochs"):
         if c.train[name] < 1:
             raise UserError(f"train.{name} must be >= 1, got {c.train[name]}")
+    if c.ft_stage.epochs < 1:
+        raise UserError(f"ft_stage.epochs must be >= 1, got {c.ft_stage.epochs}")
+    if c.train.eval_every_epochs < 1:
+        raise UserError(
+            f"train.eval_every_epochs must be >= 1 (runs are always evaluated at their last "
+            f"epoch; use train.epochs to evaluate only then), got {c.train.eval_every_epochs}"
+        )
     for name in ("batch_size", "eval_batch_size"):
         if c.train[name] % num_devices:
             raise UserError(
                 f"train.{name}={c.train[name]} is not divisible by the {num_devices} devices; "
                 f"use a multiple of {num_devices}"
             )
-    if not c.data.eval_splits and not c.data.train_split:
-        raise UserError("data.train_split is empty")
+    if not c.data.train_split:
+        raise UserError("data.train_split is empty; name the split to train on (e.g. train800)")
+    if not c.data.eval_splits or not all(c.data.eval_splits):
+        raise UserError(
+            f"data.eval_splits must name at least one split to evaluate, e.g. ('test',); got "
+            f"{tuple(c.data.eval_splits)}"
+        )

@@ -24,6 +24,7 @@ the same at any size and on any machine, and the three streams are drawn indepen
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import zlib
 from collections.abc import Callable, Iterator
 
@@ -276,17 +277,16 @@ def procedural_source(name: str, split: str, *, image_size: int, seed: int = 0) 
     task = get_procedural_task(name)
     segments = _segments(name, split)
 
-    positions = [(stream, index) for stream, total in segments for index in range(total)]
-
     def read(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for start in range(0, len(positions), batch_size):
-            yield _stack(positions[start : start + batch_size], task, image_size, seed)
+        positions = ((stream, index) for stream, total in segments for index in range(total))
+        while batch := list(itertools.islice(positions, batch_size)):
+            yield _stack(batch, task, image_size, seed)
 
     return DataSource(
         name=f"procedural:{name}:{split}",
         num_classes=task.num_classes,
         class_names=task.class_names,
         image_size=image_size,
-        num_examples=len(positions),
+        num_examples=sum(total for _, total in segments),
         read=read,
     )

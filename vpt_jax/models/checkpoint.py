@@ -32,7 +32,7 @@ import scipy.ndimage
 from vpt_jax import atomic, paths
 from vpt_jax.errors import UserError
 from vpt_jax.models.family import family_of
-from vpt_jax.models.vit import SIZES, VisionTransformer, ViTConfig, init_params
+from vpt_jax.models.vit import SIZES, VisionTransformer, ViTConfig, init_params, param_shapes
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,16 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as e:
-        reason = "it holds pickled data" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
+        reason = f"{type(e).__name__}: {e}"
+        if "pickle" in str(e):  # numpy's word for anything neither .npz nor .npy, or object arrays
+            with open(path, "rb") as f:
+                head = f.read(16)
+            pickled = zipfile.is_zipfile(path) or head.startswith(b"\x80")  # pickle protocol 2+
+            reason = (
+                "it holds pickled data"
+                if pickled
+                else f"it is not a .npz archive: it starts with {head!r}"
+            )
         raise CheckpointError(
             f"{path} is not a readable .npz checkpoint ({reason}); the file may be truncated or of "
             "another format: download it again"
@@ -307,6 +316,21 @@ def load_pretrained(
     return paths.unflatten(params)
 
 
+def _first(items: Sequence[str], shown: int = 4) -> str:
+    """The first few of a list of names, then how many more (a message stays one readable line)."""
+    more = f", ... ({len(items) - shown} more)" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def check_fits(checkpoint: Checkpoint, model: VisionTransformer) -> None:
+    """Raises the `CheckpointError` that `load_pretrained(checkpoint, model)` would, from shapes
+    alone (nothing is initialised), so a run can refuse a mismatched file before reading data."""
+    layout = family_of(model.config).layout
+    init = paths.flatten(param_shapes(model))
+    flat = _fit_to_model(dict(checkpoint.flat), init, model, False, f"{layout.head}/")
+    _check_fit(checkpoint, flat, init, model, layout.fresh(model.additions))
+
+
 def _fit_to_model(flat: dict, init: dict, model: VisionTransformer, keep_head: bool, head: str):
     """Drops what the model replaces (pre_logits, the head) and resizes position embeddings."""
     if "pre_logits/kernel" in flat and "pre_logits/kernel" not in init:
@@ -343,7 +367,7 @@ def _check_fit(
         if k in flat and flat[k].shape != init[k].shape
     ]
     problems = [
-        f"{len(items)} {what}: {', '.join(items)}"
+        f"{len(items)} {what}: {_first(items)}"
         for what, items in (
             ("missing", missing),
             ("unexpected", unexpected),

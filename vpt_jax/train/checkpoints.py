@@ -29,6 +29,13 @@ class StageCheckpoints:
     def latest_epoch(self) -> int | None:
         return self.manager.latest_step()
 
+    def epochs(self) -> list[int]:
+        """The epochs that have a complete checkpoint, oldest first."""
+        return sorted(self.manager.all_steps())
+
+    def delete(self, epoch: int) -> None:
+        self.manager.delete(epoch)
+
     def save(self, epoch: int, tree: dict[str, Any]) -> None:
         tree = dict(tree, rng=jax.random.key_data(tree["rng"]))
         self.manager.save(epoch, args=ocp.args.StandardSave(tree))

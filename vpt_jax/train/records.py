@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections.abc import Mapping
@@ -60,6 +61,7 @@ class MetricsLog:
         else:
             rows = [r for r in rows if (r["stage"], r["epoch"]) <= keep_through]
         write_jsonl(path, rows)
+        self.rows = rows  # the records kept from before a restart
 
     def append(self, row: Mapping[str, Any]) -> None:
         with open(self.path, "a") as f:
@@ -80,17 +82,29 @@ class RunLog:
 
         self.workdir = workdir
         self.metrics = MetricsLog(os.path.join(workdir, METRICS), keep_through) if writes else None
-        self.writer = (
-            metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
-            if writes
-            else metric_writers.MultiWriter([])
-        )
+        if not writes:
+            self.writer = metric_writers.MultiWriter([])
+            return
+        # TensorBoard's event files are rebuilt from the kept records on a restart, so the
+        # epochs recomputed after the checkpoint do not appear twice.
+        board = os.path.join(workdir, "tensorboard")
+        stale = glob.glob(os.path.join(board, "events.out.tfevents.*"))
+        self.writer = metric_writers.SummaryWriter(board)
+        if stale:
+            for row in self.metrics.rows:
+                self._write_scalars(row)
+            self.writer.flush()
+            for path in stale:
+                os.unlink(path)
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Records one epoch (`stage`, `epoch`, `step` and scalars)."""
         if self.metrics is None:
             return
         self.metrics.append(row)
+        self._write_scalars(row)
+
+    def _write_scalars(self, row: Mapping[str, Any]) -> None:
         scalars = {k: v for k, v in row.items() if k not in ("stage", "epoch", "step")}
         self.writer.write_scalars(row["step"], scalars)
 

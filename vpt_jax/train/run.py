@@ -9,39 +9,47 @@ not redone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from vpt_jax import paths
-from vpt_jax.errors import UserError
+from vpt_jax import faults, paths
 from vpt_jax.models.checkpoint import load_pretrained, save_npz
 from vpt_jax.models.vit import init_params
 from vpt_jax.train import feed, records
-from vpt_jax.train.checkpoints import StageCheckpoints
 from vpt_jax.train.setup import RunData, RunSetup, build_run, open_data
-from vpt_jax.train.stage import RunContext, TrainingDiverged, train_stage
+from vpt_jax.train.stage import RunContext, RunStopped, TrainingDiverged, train_stage
 from vpt_jax.train.step import Augmentation
+from vpt_jax.train.workdir import check_workdir, resume_point, start_workdir
 from vpt_jax.tuning.artifact import export_artifact
 from vpt_jax.tuning.budget import parameter_budget
 
 log = logging.getLogger("vpt_jax")
-# Fields that do not change what a run computes: a resumed run may differ in them.
-_NON_SEMANTIC = {("train", "log_every_steps"), ("train", "checkpoint_every_epochs")}
 
-__all__ = ["TrainingDiverged", "prepare_workdir", "train_and_evaluate"]
+__all__ = ["RunStopped", "TrainingDiverged", "train_and_evaluate"]
 
 
-def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains and evaluates one run as the config says; returns its result record."""
+def train_and_evaluate(
+    c: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Trains and evaluates one run as the config says; returns its result record.
+
+    `should_stop` is asked before every epoch; True stops the run with `RunStopped` (its records
+    so far stay, resumable). A study worker passes "my claim on this run was taken over".
+    """
     mesh = feed.make_mesh()
     setup = build_run(c, mesh.size)
-    finished = prepare_workdir(workdir, c)
+    finished = check_workdir(workdir, c)
     if finished is not None:
         log.info("%s already finished: %s", workdir, _summary(finished["final"]))
         return finished
@@ -58,7 +66,10 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     key = jax.random.key(c.train.seed)
     models = [plan.strategy.build_model(vit, train.num_classes) for plan in setup.stages]
     base = _initial_params(setup, models[0], jax.random.fold_in(key, 0))
+    start_workdir(workdir, c)  # the first write: settings, data and weights passed every check
     ctx = _context(c, setup, data, mesh, workdir)
+    if should_stop is not None:
+        ctx = dataclasses.replace(ctx, should_stop=should_stop)
     params, final_metrics = base, {}
     for plan, model in zip(setup.stages, models, strict=True):
         if plan.index:  # later stages add parameters (prompts) to the previous stage's
@@ -72,33 +83,6 @@ def train_and_evaluate(c: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         _write_outputs(c, setup, workdir, params, base, result)
     log.info("finished %s: %s", workdir, _summary(final_metrics))
     return result
-
-
-def prepare_workdir(workdir: str, c: ml_collections.ConfigDict) -> dict | None:
-    """Checks the workdir against the config; returns the result of a finished run, else None."""
-    os.makedirs(workdir, exist_ok=True)
-    config_path = os.path.join(workdir, records.CONFIG)
-    current = c.to_dict()
-    if os.path.exists(config_path):
-        previous = records.read_json(config_path)
-        if _semantic(previous) != _semantic(records.jsonable(current)):
-            raise UserError(
-                f"{workdir} holds a run with another config ({config_path}); use a new --workdir "
-                "or delete that one"
-            )
-        result_path = os.path.join(workdir, records.RESULT)
-        if os.path.exists(result_path):
-            return records.read_json(result_path)
-    elif jax.process_index() == 0:
-        records.write_json(config_path, current)
-    return None
-
-
-def _semantic(config_dict: dict) -> dict:
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config_dict.items()}
-    for section, field in _NON_SEMANTIC:
-        out.get(section, {}).pop(field, None)
-    return out
 
 
 def _initial_params(setup: RunSetup, first: Any, rng: jax.Array) -> dict:
@@ -123,21 +107,9 @@ def _context(c, setup: RunSetup, data: RunData, mesh, workdir: str) -> RunContex
         num_train=len(train),
         evals=data.evals,
         workdir=workdir,
-        log=records.RunLog(workdir, _resume_point(workdir, len(setup.stages)), writes=writes),
+        log=records.RunLog(workdir, resume_point(workdir, len(setup.stages)), writes=writes),
         num_stages=len(setup.stages),
     )
-
-
-def _resume_point(workdir: str, num_stages: int) -> tuple[int, int] | None:
-    """The (stage, epoch) of the newest checkpoint: metrics after it are recomputed on resume."""
-    point = None
-    for index in range(num_stages):
-        directory = os.path.join(workdir, "checkpoints", f"stage{index}")
-        if os.path.isdir(directory):
-            epoch = StageCheckpoints(directory).latest_epoch()
-            if epoch:
-                point = (index, epoch)
-    return point
 
 
 def _carry_over(previous: dict, fresh: dict) -> dict:
@@ -178,6 +150,7 @@ def _write_outputs(c, setup: RunSetup, workdir: str, params, base, result) -> No
     )
     if c.train.export_checkpoint:
         save_npz(os.path.join(workdir, records.CHECKPOINT), params)
+    faults.point("artifact")
     records.write_json(os.path.join(workdir, records.RESULT), records.jsonable(result))
 
 

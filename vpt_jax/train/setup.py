@@ -10,15 +10,22 @@ compiled. The trainer uses the result as it is, and a study validates its runs w
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import ml_collections
+import numpy as np
 
 from vpt_jax import config as config_lib
 from vpt_jax.data import ArraySplit, DatasetName, DataSource, get_dataset, parse_dataset
 from vpt_jax.data.preprocess import check_normalization
 from vpt_jax.data.splits import one_shot_indices
 from vpt_jax.errors import UserError
-from vpt_jax.models.checkpoint import Checkpoint, config_from_checkpoint, read_checkpoint
+from vpt_jax.models.checkpoint import (
+    Checkpoint,
+    check_fits,
+    config_from_checkpoint,
+    read_checkpoint,
+)
 from vpt_jax.models.precision import check_precision
 from vpt_jax.models.vit import ViTConfig
 from vpt_jax.train import feed
@@ -94,8 +101,17 @@ def build_run(
     if checkpoint is None and c.model.checkpoint and (read_weights or c.model.variant == "auto"):
         checkpoint = read_checkpoint(c.model.checkpoint)
     backbone = backbone_config(c.model, checkpoint)
+    if backbone.image_size % backbone.patch_size:
+        size, patch = backbone.image_size, backbone.patch_size
+        raise UserError(
+            f"model.image_size={size} is not divisible by the patch size {patch} of this backbone; "
+            f"use a multiple of {patch} (e.g. {max(patch, size - size % patch)})"
+        )
     strategy = build_strategy(c.strategy, backbone.num_layers)
-    return RunSetup(dataset, backbone, strategy, stage_plans(c, strategy), checkpoint)
+    stages = stage_plans(c, strategy)
+    if checkpoint is not None:  # the head is fresh: any class count checks the backbone's fit
+        check_fits(checkpoint, stages[0].strategy.build_model(backbone, 2))
+    return RunSetup(dataset, backbone, strategy, stages, checkpoint)
 
 
 def backbone_config(m: ml_collections.ConfigDict, checkpoint: Checkpoint | None) -> ViTConfig:
@@ -198,10 +214,35 @@ def open_data(c: ml_collections.ConfigDict, dataset: DatasetName) -> RunData:
         if d.shots and split_name.startswith("val"):  # k-shot selection on k-shot validation
             source = DataSource.from_arrays(few_shot(source.materialize(), d.shots, d.seed + 1))
         evals.append(feed.EvalData(split_name, source, EVAL_CACHE_BYTES))
+    _check_fits_in_memory(train_source, d.train_split)
     train = train_source.materialize()
+    if train.num_classes < 2 or len(np.unique(train.labels)) < 2:
+        raise UserError(
+            f"{dataset.value} {d.train_split} has {len(np.unique(train.labels))} class(es) "
+            "among its training labels; classification needs at least 2 (check the dataset and "
+            "its split)"
+        )
     if d.shots:
         train = few_shot(train, d.shots, d.seed)
     return RunData(train, tuple(evals))
+
+
+def _check_fits_in_memory(source: DataSource, split: str) -> None:
+    """The training split is held in host memory (as uint8): refuse one that cannot fit."""
+    if source.num_examples is None:
+        return
+    needed = source.num_examples * source.image_size**2 * 3
+    available = _physical_memory()
+    if needed > available // 2:
+        raise UserError(
+            f"data.train_split {split!r} is {source.num_examples:,} images of "
+            f"{source.image_size}x{source.image_size}: {needed / 1e9:.1f} GB in memory, more than "
+            f"half of this machine's {available / 1e9:.0f} GB; use a smaller split"
+        )
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def few_shot(split: ArraySplit, shots: int, seed: int) -> ArraySplit:

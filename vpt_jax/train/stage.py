@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -21,6 +22,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from vpt_jax import faults
 from vpt_jax.data.pipeline import epoch_batch_indices
 from vpt_jax.errors import UserError
 from vpt_jax.train import feed, step
@@ -39,6 +41,10 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
 
 
+class RunStopped(Exception):
+    """The run's `should_stop` said to stop (a study worker's claim on the run was taken over)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunContext:
     """What every stage of a run shares: settings, devices, data on them, the workdir, the log."""
@@ -52,6 +58,7 @@ class RunContext:
     workdir: str
     log: RunLog
     num_stages: int
+    should_stop: Callable[[], bool] = lambda: False  # checked before every epoch
 
     def checkpoint_dir(self, index: int) -> str:
         return os.path.join(self.workdir, "checkpoints", f"stage{index}")
@@ -103,11 +110,15 @@ def train_stage(
     row: dict[str, Any] | None = None
     started = time.time()
     for epoch in range(start + 1, plan.epochs + 1):
+        if ctx.should_stop():
+            raise RunStopped(f"stopped before epoch {epoch} of stage {plan.index + 1}")
         state, row = _epoch(plan, epoch, state, program, rates, checkpoints, ctx)
         eta = (time.time() - started) / (epoch - start) * (plan.epochs - epoch)
         _log_epoch(plan, row, eta)
     if row is None:  # the stage had finished before a restart: its last record has the metrics
-        row = ctx.log.last_row(plan.index, plan.epochs) or {}
+        row = ctx.log.last_row(plan.index, plan.epochs)
+        if row is None:  # resume_point only resumes from checkpoints whose epoch is recorded
+            raise RuntimeError(f"stage {plan.index} finished but its last epoch has no record")
     checkpoints.close()
     metrics = {k: v for k, v in row.items() if k.endswith(_METRIC_SUFFIXES)}
     return jax.device_get(state.params), metrics
@@ -168,7 +179,8 @@ def _epoch(plan, epoch, state, program, rates: Schedule, checkpoints, ctx: RunCo
             f"training diverged: the loss is {train_loss} in epoch {epoch} of stage "
             f"{plan.index + 1} (learning rate peak {rates.peak:.4g}); the last good checkpoint "
             f"(epoch {checkpoints.latest_epoch()}) is kept in {checkpoints.directory}; lower "
-            "optimizer.lr"
+            "--config.optimizer.lr and run again with a new --workdir, or with "
+            "--config.train.move_aside_other_run=True to keep this run beside the new one"
         )
     train_seconds = time.time() - epoch_start
     metrics = {"train_loss": train_loss, "train_accuracy": correct / seen}
@@ -186,10 +198,14 @@ def _epoch(plan, epoch, state, program, rates: Schedule, checkpoints, ctx: RunCo
         "epoch_seconds": time.time() - epoch_start,
         **metrics,
     }
+    # The record first, then the checkpoint: a checkpoint proves its epoch was recorded, and a
+    # record past the newest checkpoint is dropped and recomputed on resume (run.resume_point).
+    ctx.log.append(row)
+    faults.point("metrics_row")
     if epoch % settings.checkpoint_every_epochs == 0 or epoch == plan.epochs:
         trained, _ = split(state.params, program.label_tree())
         checkpoints.save(epoch, _checkpoint_tree(state, trained, epoch))
-    ctx.log.append(row)
+        faults.point("checkpoint")
     return state, row
 
 
