@@ -284,3 +284,45 @@ def test_a_mistake_in_any_run_of_a_study_fails_before_the_first_run(
     with pytest.raises(UserError, match=message):
         run_study(config, str(tmp_path))
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_static_shards_split_the_runs_without_claims_and_report_like_one_worker(tmp_path, base):
+    reference = small_study(base, datasets=("procedural:location",), strategies=("vpt_deep",))
+    reference.study.grids.prompt.lrs = (0.5,)
+    reference.study.final.seeds = (1,)
+    run_study(reference, str(tmp_path / "ref"))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    shards = [
+        subprocess.Popen(
+            _study_cmd(tmp_path / "sharded", base, f"--config.study.shard={i}/2"),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [s.communicate()[0] for s in shards]
+    assert all(s.returncode == 0 for s in shards)
+    assert sum(out.count("known runs done]") for out in outputs) == 3  # each run once
+    assert not os.listdir(tmp_path / "sharded" / "claims")  # no claims at all
+    assert _run_ids(tmp_path / "sharded") == _run_ids(tmp_path / "ref")
+    assert _finals(tmp_path / "sharded") == pytest.approx(_finals(tmp_path / "ref"), rel=1e-6)
+
+
+def test_shards_partition_every_run_and_read_slurm_arrays():
+    from vpt_jax.study.shard import parse_shard
+
+    specs = [
+        RunSpec(protocol.SEARCH, "vtab/dtd", "vpt_deep", 0, 0, lr, 0.0, 42)
+        for lr in (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+    ]
+    shards = [parse_shard(f"{i}/3") for i in range(3)]
+    owners = [[i for i, shard in enumerate(shards) if shard.owns(spec)] for spec in specs]
+    assert all(len(o) == 1 for o in owners)  # every run in exactly one shard
+    assert parse_shard("", {}) is None
+    slurm = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_COUNT": "8"}
+    assert str(parse_shard("slurm", slurm)) == "3/8"
+    for bad in ("2/2", "-1/2", "1", "a/b"):
+        with pytest.raises(UserError, match="use i/n"):
+            parse_shard(bad)

@@ -53,6 +53,9 @@ def study_config() -> ml_collections.ConfigDict:
 
     s.claim_timeout_s = 600.0  # a claim not refreshed for this long belongs to a dead worker
     s.poll_interval_s = 2.0  # how often a worker with nothing to claim looks again
+    # "": workers share the runs by claims; "i/n": this worker runs its fixed share (no claims;
+    # Slurm arrays, Kubernetes indexed jobs); "slurm": i/n from the job array's environment.
+    s.shard = ""  # static share of the runs (see above); "": share by claims
     s.ft_strategy = "full"  # the baseline that "wins" are counted against
     s.vpt_strategy = "vpt_deep"  # the prompt-tuning method of the FT-vs-VPT comparisons
     return c
@@ -71,24 +74,24 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, allowed: tuple[str
     """Applies a config-file argument such as `tasks=cifar100+dtd,strategies=full+vpt_deep,seeds=42`.
 
     Keys: tasks (VTAB task names joined by +, or all), strategies, seeds, sizes (data scaling),
-    shots, epochs. Unknown keys raise, listing the allowed ones.
+    shots, epochs.
+
+    Raises:
+      ConfigArgumentError: an unknown key (the allowed ones are listed) or a number that is not.
     """
-    for item in (arg or "").split(","):
-        if not item:
-            continue
-        key, _, value = item.partition("=")
-        if key not in allowed or not value:
-            raise ValueError(f"config argument {item!r}: use key=value with key in {allowed}")
+    from vpt_jax.cli import config_arguments, config_int
+
+    for key, value in config_arguments(arg, allowed).items():
         values = value.split("+")
         if key == "tasks":
             c.study.datasets = vtab_datasets(value)
         elif key == "strategies":
             c.study.strategies = tuple(values)
         elif key == "seeds":
-            c.study.final.seeds = tuple(int(v) for v in values)
+            c.study.final.seeds = tuple(config_int(key, v) for v in values)
         elif key == "sizes":
-            c.study.train_sizes = tuple(int(v) for v in values)
+            c.study.train_sizes = tuple(config_int(key, v) for v in values)
         elif key == "shots":
-            c.study.shots = int(value)
+            c.study.shots = config_int(key, value)
         elif key == "epochs":
-            c.run.train.epochs = int(value)
+            c.run.train.epochs = config_int(key, value)

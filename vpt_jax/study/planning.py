@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import ml_collections
 
+from vpt_jax.errors import UserError
 from vpt_jax.study import protocol
 from vpt_jax.study.protocol import RunSpec
 from vpt_jax.study.store import StudyStore
@@ -67,7 +68,18 @@ def validation_score(
     if result is None or result.get("status") == "diverged":
         return math.nan
     split = protocol.run_config(config, spec).data.eval_splits[0]
-    return float(result["final"].get(f"{split}_top1", math.nan))
+    return float(final_metric(result, f"{split}_top1", spec))
+
+
+def final_metric(result: Mapping, key: str, spec: RunSpec) -> float:
+    """A metric of a finished run's record; a record without it is an error, never a silent nan."""
+    try:
+        return result["final"][key]
+    except (KeyError, TypeError):
+        raise UserError(
+            f"the record of {spec.run_id} has no {key} (an incomplete result.json, written by an "
+            "older version after a kill); delete that run's result.json to have it recomputed"
+        ) from None
 
 
 def selections(

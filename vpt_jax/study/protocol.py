@@ -25,6 +25,19 @@ from vpt_jax.errors import UserError
 from vpt_jax.tuning.strategies import STRATEGIES, get_strategy
 
 SEARCH, FINAL = "search", "final"
+MIN_CLAIM_TIMEOUT_S = 10.0
+# Run-template fields every study run sets itself (`run_config`), and what sets them.
+REPLACED_BY_STUDY = {
+    "data.dataset": "study.datasets",
+    "data.train_split": "study.search.train_split / study.final.train_split / study.train_sizes",
+    "data.eval_splits": "study.search.eval_split / study.final.eval_split",
+    "data.shots": "study.shots",
+    "strategy.name": "study.strategies",
+    "strategy.num_prompts": "study.num_prompts",
+    "optimizer.lr": "study.grids.<prompt|finetune>.lrs",
+    "optimizer.weight_decay": "study.grids.<prompt|finetune>.weight_decays",
+    "train.seed": "study.search.seed / study.final.seeds",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +115,31 @@ def check_study(study: ml_collections.ConfigDict) -> None:
             )
     if any(n <= 0 or n % 4 for n in study.train_sizes):
         raise UserError(f"study.train_sizes must be positive multiples of 4: {study.train_sizes}")
+    if not study.claim_timeout_s >= MIN_CLAIM_TIMEOUT_S:
+        raise UserError(
+            f"study.claim_timeout_s must be at least {MIN_CLAIM_TIMEOUT_S:g} s (a claim is refreshed "
+            "every max(1 s, timeout / 10); a shorter timeout makes live workers' claims look "
+            f"stale, so runs train twice), got {study.claim_timeout_s}"
+        )
+    if not study.poll_interval_s > 0:
+        raise UserError(f"study.poll_interval_s must be > 0 seconds, got {study.poll_interval_s}")
+
+
+def check_template(run: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+    """Refuses a run-template field that the protocol sets in every run (its value would be
+    recorded but never used), naming the study field that sets it."""
+    for field, owner in REPLACED_BY_STUDY.items():
+        section, name = field.split(".")
+        value, default = run[section][name], defaults[section][name]
+        if _plain(value) != _plain(default):
+            raise UserError(
+                f"run.{field}={value!r} is replaced in every run of a study (by {owner}); "
+                f"set that instead and leave run.{field} at its default"
+            )
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple | list) else value
 
 
 def search_specs(study: ml_collections.ConfigDict, inherited: Mapping) -> list[RunSpec]:

@@ -23,7 +23,7 @@ from vpt_jax import atomic, cli
 from vpt_jax.data import GROUPS, parse_dataset
 from vpt_jax.errors import UserError
 from vpt_jax.study import figures, protocol
-from vpt_jax.study.planning import missing_runs
+from vpt_jax.study.planning import final_metric, missing_runs
 from vpt_jax.study.store import StudyStore
 from vpt_jax.train import records
 
@@ -43,7 +43,7 @@ def collect(config: ml_collections.ConfigDict, store: StudyStore) -> dict[str, A
         if result.get("status") == "diverged":
             entry["scores"].append(math.nan)
             continue
-        entry["scores"].append(100.0 * result["final"][f"{eval_split}_top1"])
+        entry["scores"].append(100.0 * final_metric(result, f"{eval_split}_top1", spec))
         entry["tuned_percent"] = result["tuned_percent"]
         entry["runs"].append(path)
     return finals

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -17,23 +18,31 @@ import ml_collections
 
 from vpt_jax.errors import UserError
 from vpt_jax.study import protocol
+from vpt_jax.study.config import study_config
 from vpt_jax.study.planning import plan
 from vpt_jax.study.protocol import SEARCH, RunSpec
 from vpt_jax.study.report import write_report
+from vpt_jax.study.shard import Shard, parse_shard
 from vpt_jax.study.store import StudyStore
 from vpt_jax.train import records
-from vpt_jax.train.run import TrainingDiverged, train_and_evaluate
+from vpt_jax.train.run import RunStopped, TrainingDiverged, train_and_evaluate
 from vpt_jax.train.setup import build_run
 
 log = logging.getLogger("vpt_jax")
 STUDY_CONFIG = "study.json"
+# How workers share a study, not what it computes: workers may differ in them.
+_WORKER_FIELDS = ("shard", "claim_timeout_s", "poll_interval_s")
+WAIT_LOG_INTERVAL_S = 60.0
 
 
 def check_study_dir(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Records the study's config in its directory, or refuses a directory of another study."""
     path = os.path.join(workdir, STUDY_CONFIG)
     current = records.jsonable(config.to_dict())
+    if os.path.exists(path) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir {workdir} is a file; give a directory")
     if os.path.exists(path):
-        if records.read_json(path) != current:
+        if _semantic(records.read_json(path)) != _semantic(current):
             raise UserError(
                 f"{workdir} holds a study with another config ({path}); use a new --workdir, or "
                 "the same config to continue it"
@@ -43,11 +52,20 @@ def check_study_dir(workdir: str, config: ml_collections.ConfigDict) -> None:
         records.write_json(path, current)
 
 
+def _semantic(study_json: dict) -> dict:
+    """A study config without the fields that only say how workers share it."""
+    out = dict(study_json, study=dict(study_json.get("study", {})))
+    for field in _WORKER_FIELDS:
+        out["study"].pop(field, None)
+    return out
+
+
 def check_runs(config: ml_collections.ConfigDict) -> None:
     """Builds the run config of every group (dataset, strategy, size, shots) of the study once: a
     mistake in any of them is one line now, not after hours of other runs. The checkpoint is read
     once."""
     study = config.study
+    protocol.check_template(config.run, study_config().run)
     checkpoint = None
     groups = itertools.product(study.datasets, study.strategies, protocol.points(study))
     for dataset, strategy, (size, shots) in groups:
@@ -57,26 +75,76 @@ def check_runs(config: ml_collections.ConfigDict) -> None:
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Works on the study until every run is done (sharing the work with other workers)."""
+    """Works on the study until every run is done (sharing the work with other workers), or, for a
+    static shard (`study.shard`), until every run of its share is done."""
     study = config.study
     protocol.check_study(study)
+    shard = parse_shard(study.shard)
     check_runs(config)
     check_study_dir(workdir, config)
     store = StudyStore(workdir, study.claim_timeout_s)
+    waits = _WaitLog()
     ran = 0
     while True:
         specs, waiting = plan(config, store)
         pending = [s for s in specs if not store.done(s)]
-        if not pending and not waiting:
+        mine = [s for s in pending if shard is None or shard.owns(s)]
+        if not mine and not waiting:
             break
-        spec = next((s for s in _ordered(pending) if store.try_claim(s)), None)
-        if spec is None:  # everything runnable is claimed by other workers: wait for them
+        spec = next((s for s in _ordered(mine) if _take(store, s, shard)), None)
+        if spec is None:  # the rest is held by other workers, or waits for other shards' runs
+            waits.log(store, shard, [s for s in pending if s not in mine] if shard else pending)
             time.sleep(study.poll_interval_s)
             continue
         _execute(config, store, spec, done=sum(store.done(s) for s in specs), total=len(specs))
         ran += 1
-    log.info("study %s complete (%d runs by this worker)", workdir, ran)
+    store.sweep()
+    who = f"shard {shard}" if shard else "this worker"
+    log.info("study %s complete for %s (%d runs by %s)", workdir, who, ran, who)
     return write_report(config, workdir)
+
+
+def _take(store: StudyStore, spec: RunSpec, shard: Shard | None) -> bool:
+    """Claims a run, or (statically sharded) starts one of the shard's runs without a claim."""
+    if shard is None:
+        return store.try_claim(spec)
+    store.record_spec(spec)
+    return True
+
+
+class _WaitLog:
+    """Says, at most once a minute, what a worker with nothing to run waits for."""
+
+    def __init__(self):
+        self.last = -math.inf
+
+    def log(self, store: StudyStore, shard: Shard | None, others: list[RunSpec]) -> None:
+        if time.monotonic() - self.last < WAIT_LOG_INTERVAL_S:
+            return
+        self.last = time.monotonic()
+        if shard is not None:
+            log.info(
+                "shard %s: its remaining runs wait for %d runs of other shards (the grid searches "
+                "that select its final runs), e.g. %s",
+                shard, len(others), ", ".join(s.run_id for s in others[:3]) or "-",
+            )  # fmt: skip
+            return
+        held = [(s, store.claim_info(s)) for s in others]
+        log.info("waiting for %d runs held by other workers:", len(held))
+        for spec, info in held[:5]:
+            log.info("  %s", _describe_claim(spec, info))
+        if len(held) > 5:
+            log.info("  ... and %d more", len(held) - 5)
+
+
+def _describe_claim(spec: RunSpec, info: dict[str, Any] | None) -> str:
+    if info is None:
+        return f"{spec.run_id} (its claim was just released)"
+    holder = info["worker"] or "a worker whose claim is unreadable"
+    return (
+        f"{spec.run_id} held by {holder} (refreshed {info['refreshed_s']:.0f} s ago; "
+        f"taken over if silent {info['stale_in_s']:.0f} s more)"
+    )
 
 
 def _ordered(specs: list[RunSpec]) -> list[RunSpec]:
@@ -89,13 +157,18 @@ def _execute(config, store: StudyStore, spec: RunSpec, *, done: int, total: int)
     log.info("[%d/%d known runs done] %s %s", done, total, spec.phase.upper(), spec.run_id)
     stop = store.heartbeat(spec, max(1.0, config.study.claim_timeout_s / 10))
     try:
-        train_and_evaluate(protocol.run_config(config, spec), run_dir)
+        train_and_evaluate(
+            protocol.run_config(config, spec), run_dir, should_stop=lambda: store.lost(spec)
+        )
+    except RunStopped:
+        log.warning("%s: another worker took this run over; leaving it to that worker", spec.run_id)
     except TrainingDiverged as e:
         log.warning("%s diverged; recorded as failed: %s", spec.run_id, e)
-        records.write_json(
-            os.path.join(run_dir, records.RESULT),
-            {"status": "diverged", "error": str(e), "final": {}},
-        )
+        if not store.lost(spec):  # only the run's owner writes its result
+            records.write_json(
+                os.path.join(run_dir, records.RESULT),
+                {"status": "diverged", "error": str(e), "final": {}},
+            )
     finally:
         stop.set()
         store.release(spec)
