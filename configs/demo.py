@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 import vpt_jax
+from vpt_jax.cli import ConfigArgumentError
 from vpt_jax.study.config import study_config
 
 DEMO_CHECKPOINT = os.path.join(
@@ -61,5 +62,5 @@ def get_config(arg: str | None = None):
         s.grids.prompt.lrs = (1.0,)
         s.grids.finetune.lrs = (0.001,)
     elif arg:
-        raise ValueError(f"configs/demo.py takes no argument or 'tiny', not {arg!r}")
+        raise ConfigArgumentError(f"config argument {arg!r}: configs/demo.py takes none or 'tiny'")
     return c

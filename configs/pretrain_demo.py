@@ -13,11 +13,13 @@ google-research checkpoint layout (`checkpoint.npz`, with its 5-way head) and sh
 
 from __future__ import annotations
 
+from vpt_jax.cli import ConfigArgumentError
 from vpt_jax.config import base_config
 
 
 def get_config(arg: str | None = None):
-    del arg
+    if arg:
+        raise ConfigArgumentError(f"config argument {arg!r}: configs/pretrain_demo.py takes none")
     c = base_config()
     c.model.variant = "custom"
     c.model.patch_size = 8

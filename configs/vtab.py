@@ -14,30 +14,19 @@ on test every epoch (loss curves). Expected: VPT-deep on cifar100 reaches ~78% t
 
 from __future__ import annotations
 
+from vpt_jax.cli import config_arguments, config_int
 from vpt_jax.config import base_config
 from vpt_jax.data.vtab import ALIASES, VTAB_TASKS
 
 
-def parse_args(arg: str | None) -> dict[str, str]:
-    """`a=1,b=x` -> {"a": "1", "b": "x"}."""
-    pairs = [item.split("=", 1) for item in (arg or "").split(",") if item]
-    for pair in pairs:
-        if len(pair) != 2:
-            raise ValueError(f"config argument {pair[0]!r} is not key=value")
-    return dict(pairs)
-
-
 def get_config(arg: str | None = None):
-    args = parse_args(arg)
-    unknown = set(args) - {"task", "strategy", "prompts"}
-    if unknown:
-        raise ValueError(f"unknown config arguments {sorted(unknown)}; use task, strategy, prompts")
+    args = config_arguments(arg, ("task", "strategy", "prompts"))
     task = ALIASES.get(args.get("task", "cifar100"), args.get("task", "cifar100"))
     c = base_config()
     c.data.dataset = f"vtab/{task}"  # an unknown task is reported (with the valid names) at start
     c.strategy.name = args.get("strategy", "vpt_deep")
     paper_length = VTAB_TASKS[task].prompt_length if task in VTAB_TASKS else 10
-    c.strategy.num_prompts = int(args.get("prompts", paper_length))
+    c.strategy.num_prompts = config_int("prompts", args.get("prompts", str(paper_length)))
     if c.strategy.name == "full":
         c.optimizer.lr = 0.001
         c.optimizer.weight_decay = 0.0001

@@ -2,16 +2,16 @@
 
 The config's `kind` picks what runs: `run` (one training run) or `study` (a protocol of runs).
 Overrides follow ml_collections: `--config.optimizer.lr=0.5`. A mistake the user can fix ends in
-one `error: ...` line on stderr and exit status 2, before any long work.
+one `error: ...` line on stderr and exit status 2, before any long work. Ctrl-C stops with status
+130; the same command resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import flags
 from ml_collections import config_flags
@@ -21,13 +21,14 @@ from vpt_jax.errors import UserError
 from vpt_jax.runtime import allocator_description, use_fast_allocator
 
 
-def _define(values: flags.FlagValues) -> None:
+def _define(values: flags.FlagValues, argv: list[str] | None = None) -> None:
     config_flags.DEFINE_config_file(
         "config",
         None,
         "Config file, optionally with an argument: configs/vtab.py:task=dtd",
         flag_values=values,
         lock_config=True,
+        sys_argv=argv,  # where its --config.x overrides are (None: sys.argv)
     )
     flags.DEFINE_string(
         "workdir", None, "Directory for this run's (or study's) records.", flag_values=values
@@ -52,7 +53,8 @@ def _main(values: flags.FlagValues, rest: list[str]) -> None:
     try:
         kind = config.kind if config is not None else None
     except OSError as e:  # the config file did not load (ml_collections reports it on first use)
-        raise UserError(f"--config: {cli.one_line(e)}") from None
+        cause = e.__cause__ or e  # "Configuration is not available because of ...": the reason
+        raise UserError(f"--config: {cli.one_line(cause)}") from None
     if config is None or not workdir:
         raise UserError(
             "both --config and --workdir are required, e.g. --config configs/demo.py --workdir runs/demo"
@@ -96,9 +98,20 @@ def _hide_accelerators_from_tensorflow() -> None:
     import vpt_jax.data.host_tf  # noqa: F401 - importing it hides them
 
 
+def _interrupted(values: flags.FlagValues) -> str:
+    if not values.workdir:
+        return cli.INTERRUPTED
+    return (
+        f"--workdir {values.workdir} keeps every checkpoint and record written so far; "
+        "run the same command to resume from the last checkpoint"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Runs the command line (`argv` without the program name; None reads `sys.argv`)."""
-    cli.run(__doc__, _define, _main, argv, prog="python -m vpt_jax.main")
+    prog = "python -m vpt_jax.main"
+    define = functools.partial(_define, argv=None if argv is None else [prog, *argv])
+    cli.run(__doc__, define, _main, argv, prog=prog, interrupted=_interrupted)
 
 
 def run() -> None:

@@ -14,16 +14,36 @@ heap that is never returned to the system, so after the first step no page is fa
 
 The cost is memory: the process keeps its peak heap. glibc reads tunables only at process start
 (`mallopt` from inside Python does not reach XLA's allocations), so the command-line entry points
-re-execute themselves with them before any work. `VPT_JAX_ALLOCATOR=system` turns this off;
-a preloaded allocator (`LD_PRELOAD` with tcmalloc or jemalloc) or tunables of the user's own are
-left as they are.
+re-execute themselves with them before any work (not for `--help`, which does none).
+`VPT_JAX_ALLOCATOR=system` turns this off; a preloaded allocator (`LD_PRELOAD` with tcmalloc or
+jemalloc) or tunables of the user's own are left as they are.
+
+`quiet_libraries` keeps start-up noise of the libraries off stderr: TensorFlow's C++ log lines and
+its oneDNN notice, and JAX's INFO line for each optional backend (TPU, CUDA) it probes and does not
+find. Every command calls it first (`vpt_jax.cli.run`), and so does `vpt_jax.data.host_tf` before
+TensorFlow is imported.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
+
+# Environment the libraries read once, at import: set where the user has not set it.
+LIBRARY_ENVIRONMENT = {
+    # TensorFlow's C++ log lines (its CPU-feature notice, device probing); its errors still
+    # raise as Python exceptions.
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    # TensorFlow only decodes and resizes images here; oneDNN speeds up its convolutions and
+    # matmuls, which it never runs. Where oneDNN is on by default (CPUs with AVX-512 and newer),
+    # TensorFlow prints a notice about it twice, before its log level applies; off, the host's
+    # CPU no longer decides which kernels read the data.
+    "TF_ENABLE_ONEDNN_OPTS": "0",
+}
+
+HELP_ARGUMENTS = ("-h", "--help", "-?", "--helpfull")
 
 ALLOCATOR_TUNABLES = (
     "glibc.malloc.arena_max=1",
@@ -63,7 +83,7 @@ def use_fast_allocator() -> None:
     arguments) and starts again; nothing before the call should have had effects.
     """
     env = allocator_environment()
-    if env is None:
+    if env is None or asks_for_help(sys.argv[1:]):
         return
     sys.stdout.flush()
     sys.stderr.flush()
@@ -79,3 +99,28 @@ def allocator_description() -> str:
     if all(t in tunables.split(":") for t in ALLOCATOR_TUNABLES):
         return "glibc, vpt_jax tunables"
     return f"glibc, GLIBC_TUNABLES={tunables!r}" if tunables else "glibc defaults"
+
+
+def quiet_libraries() -> None:
+    """Sets `LIBRARY_ENVIRONMENT` (where unset) and hides JAX's backend-probe INFO lines.
+
+    Call it before TensorFlow is imported; calling it again does nothing more.
+    """
+    for name, value in LIBRARY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    logging.getLogger("jax._src.xla_bridge").addFilter(_hide_backend_probe)
+
+
+def _hide_backend_probe(record: logging.LogRecord) -> bool:
+    # JAX tries every backend it knows and logs, at INFO, each one that is not installed ("Unable
+    # to initialize backend 'tpu': ... libtpu.so ...") whenever a command logs at INFO. A missing
+    # backend that matters (a visible GPU without CUDA) is a separate WARNING, which stays.
+    return not (
+        record.levelno < logging.WARNING
+        and record.getMessage().startswith("Unable to initialize backend")
+    )
+
+
+def asks_for_help(args: list[str]) -> bool:
+    """Whether a command's arguments (without the program name) ask for `--help`."""
+    return any(arg in HELP_ARGUMENTS for arg in args)

@@ -10,11 +10,12 @@ once and before any other TensorFlow use in this package.
 from __future__ import annotations
 
 import logging
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from vpt_jax.runtime import quiet_libraries
 
-import tensorflow as tf  # after the environment variable above: TF reads it on import
+quiet_libraries()  # TensorFlow reads its log settings once, on import
+
+import tensorflow as tf  # noqa: E402 - after quiet_libraries()
 
 log = logging.getLogger(__name__)
 
