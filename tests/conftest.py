@@ -18,3 +18,14 @@ TINY = ViTConfig(patch_size=4, hidden_size=32, num_layers=2, num_heads=4, mlp_di
 @pytest.fixture
 def tiny_config() -> ViTConfig:
     return TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A "pretrained" tiny ViT (`TINY`, no head) in the original .npz layout."""
+    from vpt_jax.models.checkpoint import save_npz
+    from vpt_jax.models.vit import VisionTransformer, init_params
+
+    path = tmp_path_factory.mktemp("tiny_checkpoint") / "tiny.npz"
+    save_npz(path, init_params(VisionTransformer(TINY, None), 3))
+    return str(path)

@@ -17,9 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.test_train import ROOT, TINY, tiny_config
-from vpt_jax.models.checkpoint import save_npz
-from vpt_jax.models.vit import VisionTransformer, init_params
+from tests.test_train import ROOT, tiny_config
 from vpt_jax.study.runner import run_study
 from vpt_jax.train import records, run
 
@@ -50,10 +48,8 @@ def _killed_at(point, cmd):
 
 
 @pytest.fixture(scope="module")
-def base_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base") / "tiny.npz"
-    save_npz(path, init_params(VisionTransformer(TINY, None), 3))
-    return str(path)
+def base_checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +130,8 @@ def test_a_checkpoint_without_its_record_is_recomputed(tmp_path, base_checkpoint
 
 
 @pytest.fixture(scope="module")
-def study_base(tmp_path_factory):
-    path = tmp_path_factory.mktemp("study_base") / "tiny.npz"
-    save_npz(path, init_params(VisionTransformer(TINY, None), 5))
-    return str(path)
+def study_base(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def _study_config(base):

@@ -15,10 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_train import TINY
 from vpt_jax import main as main_lib
-from vpt_jax.models.checkpoint import save_npz
-from vpt_jax.models.vit import VisionTransformer, init_params
 from vpt_jax.train import records
 
 RUN_MISTAKES = [
@@ -51,10 +48,8 @@ STUDY_MISTAKES = [
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base") / "tiny.npz"
-    save_npz(path, init_params(VisionTransformer(TINY, None), 3))
-    return str(path)
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -205,21 +205,22 @@ def test_killed_study_restarts_without_redoing_and_two_workers_share_one(tmp_pat
     assert _finals(tmp_path / "killed") == pytest.approx(_finals(tmp_path / "ref"), rel=1e-6)
 
     # Two workers on one directory: every run done exactly once.
-    workers = [
-        subprocess.Popen(
-            _study_cmd(tmp_path / "shared", base),
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outputs = [w.communicate()[0] for w in workers]
-    assert all(w.returncode == 0 for w in workers)
+    outputs = _workers([_study_cmd(tmp_path / "shared", base)] * 2)
     assert sum(out.count("known runs done]") for out in outputs) == 3
     assert all(out.count("known runs done]") >= 1 for out in outputs)
     assert _run_ids(tmp_path / "shared") == _run_ids(tmp_path / "ref")
+
+
+def _workers(commands):
+    """Runs the commands at once (worker processes of one study); returns their outputs."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        for cmd in commands
+    ]
+    outputs = [p.communicate()[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    return outputs
 
 
 def read_records_done(workdir):
@@ -291,19 +292,9 @@ def test_static_shards_split_the_runs_without_claims_and_report_like_one_worker(
     reference.study.grids.prompt.lrs = (0.5,)
     reference.study.final.seeds = (1,)
     run_study(reference, str(tmp_path / "ref"))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    shards = [
-        subprocess.Popen(
-            _study_cmd(tmp_path / "sharded", base, f"--config.study.shard={i}/2"),
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [s.communicate()[0] for s in shards]
-    assert all(s.returncode == 0 for s in shards)
+    outputs = _workers(
+        [_study_cmd(tmp_path / "sharded", base, f"--config.study.shard={i}/2") for i in range(2)]
+    )
     assert sum(out.count("known runs done]") for out in outputs) == 3  # each run once
     assert not os.listdir(tmp_path / "sharded" / "claims")  # no claims at all
     assert _run_ids(tmp_path / "sharded") == _run_ids(tmp_path / "ref")
