@@ -100,7 +100,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         ran += 1
     store.sweep()
     who = f"shard {shard}" if shard else "this worker"
-    log.info("study %s complete for %s (%d runs by %s)", workdir, who, ran, who)
+    log.info("study %s complete (%s by %s)", workdir, _runs(ran), who)
     return write_report(config, workdir)
 
 
@@ -124,17 +124,21 @@ class _WaitLog:
         self.last = time.monotonic()
         if shard is not None:
             log.info(
-                "shard %s: its remaining runs wait for %d runs of other shards (the grid searches "
+                "shard %s: its remaining runs wait for %s of other shards (the grid searches "
                 "that select its final runs), e.g. %s",
-                shard, len(others), ", ".join(s.run_id for s in others[:3]) or "-",
+                shard, _runs(len(others)), ", ".join(s.run_id for s in others[:3]) or "-",
             )  # fmt: skip
             return
         held = [(s, store.claim_info(s)) for s in others]
-        log.info("waiting for %d runs held by other workers:", len(held))
+        log.info("waiting for %s held by other workers:", _runs(len(held)))
         for spec, info in held[:5]:
             log.info("  %s", _describe_claim(spec, info))
         if len(held) > 5:
             log.info("  ... and %d more", len(held) - 5)
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
 
 
 def _describe_claim(spec: RunSpec, info: dict[str, Any] | None) -> str:

@@ -1,17 +1,34 @@
-"""Tuning strategies as rule tables, the optimizer they drive, budgets and per-task artifacts."""
+"""Tuning strategies as rule tables, the optimizer they drive, budgets and per-task artifacts.
 
-from vpt_jax.tuning.artifact import export_artifact, load_artifact
-from vpt_jax.tuning.rules import label_tree, masked_optimizer, merge, split
-from vpt_jax.tuning.strategies import STRATEGIES, Strategy, get_strategy
+The names load on first use, so `python -m vpt_jax.tuning.budget` runs its module once (not also
+as a side effect of importing the package).
+"""
 
-__all__ = [
-    "STRATEGIES",
-    "Strategy",
-    "export_artifact",
-    "get_strategy",
-    "label_tree",
-    "load_artifact",
-    "masked_optimizer",
-    "merge",
-    "split",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "export_artifact": "vpt_jax.tuning.artifact",
+    "load_artifact": "vpt_jax.tuning.artifact",
+    "label_tree": "vpt_jax.tuning.rules",
+    "masked_optimizer": "vpt_jax.tuning.rules",
+    "merge": "vpt_jax.tuning.rules",
+    "split": "vpt_jax.tuning.rules",
+    "STRATEGIES": "vpt_jax.tuning.strategies",
+    "Strategy": "vpt_jax.tuning.strategies",
+    "get_strategy": "vpt_jax.tuning.strategies",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vpt_jax.tuning' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
