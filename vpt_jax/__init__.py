@@ -12,9 +12,7 @@ The names load on first use, so `import vpt_jax.<command>` does not import JAX b
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from vpt_jax import lazy
 from vpt_jax.errors import UserError
 
 _LAZY = {
@@ -31,11 +29,4 @@ _LAZY = {
 __all__ = ["UserError", *sorted(_LAZY)]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vpt_jax' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy.exports(__name__, _LAZY)

@@ -6,8 +6,7 @@ as a side effect of importing the package).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vpt_jax import lazy
 
 _LAZY = {
     "export_artifact": "vpt_jax.tuning.artifact",
@@ -24,11 +23,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vpt_jax.tuning' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy.exports(__name__, _LAZY)
