@@ -39,12 +39,14 @@ import numpy as np  # noqa: E402
 
 from vpt_jax.data import VTAB_TASKS, get_dataset, preprocess_batch  # noqa: E402
 from vpt_jax.models.vit import ViTConfig  # noqa: E402
+from vpt_jax.study import protocol  # noqa: E402
 from vpt_jax.study.config import (  # noqa: E402
     FINETUNE_LRS,
     FINETUNE_WDS,
     PAPER_SEEDS,
     PROMPT_LRS,
     PROMPT_WDS,
+    paper_study_config,
 )
 
 EVAL_CACHE_BYTES = 2 * 1024**3  # vpt_jax.train.setup: eval splits up to this size stay decoded
@@ -234,17 +236,23 @@ def run_cost(m: Measured, decode: dict[str, float], task, strategy: str, final: 
     return cost
 
 
-def project(m: Measured, decode: dict[str, float], strategies, eval_every_epoch: bool):
-    grids = {
-        "adamw": len(FINETUNE_LRS) * len(FINETUNE_WDS),
-        "sgd": len(PROMPT_LRS) * len(PROMPT_WDS),
-    }
+def grid_points(strategy: str, recipe: str) -> int:
+    """Distinct grid runs of a strategy in the paper's study under a recipe (the study's own
+    `grid_for`: under `reference` the FT grid's AdamW decays > 0 are one run, trained at 0.01)."""
+    c = paper_study_config()
+    c.run.recipe = recipe
+    lrs, wds = protocol.grid_for(c.study, strategy, c.run)
+    return len(lrs) * len(wds)
+
+
+def project(m: Measured, decode: dict[str, float], strategies, eval_every_epoch: bool,
+            recipe: str = "reference"):  # fmt: skip
     seeds = len(PAPER_SEEDS)
     per_task = {}
     for name, task in VTAB_TASKS.items():
         total = Cost()
         for strategy in strategies:
-            grid = grids["adamw" if strategy == "full" else "sgd"]
+            grid = grid_points(strategy, recipe)
             for final, runs in ((False, grid), (True, seeds)):
                 total.add(run_cost(m, decode, task, strategy, final, eval_every_epoch))
                 rest = run_cost(m, decode, task, strategy, final, eval_every_epoch, False)
@@ -253,10 +261,11 @@ def project(m: Measured, decode: dict[str, float], strategies, eval_every_epoch:
     return per_task
 
 
-def print_projection(m: Measured, decode, strategies, batch: int) -> None:
+def print_projection(m: Measured, decode, strategies, batch: int, recipe: str) -> None:
     device = jax.devices()[0].device_kind
-    print(f"\nProjection on {device}, ViT-B/16, vpt_jax precision {m.precision}, batch {batch}:")
-    results = {every: project(m, decode, strategies, every) for every in (True, False)}
+    print(f"\nProjection on {device}, ViT-B/16, vpt_jax precision {m.precision}, batch {batch}, "
+          f"recipe {recipe}:")  # fmt: skip
+    results = {every: project(m, decode, strategies, every, recipe) for every in (True, False)}
     print(f"{'task':22} {'test':>6} {'cached':>6} {'p':>4} | hours: {'train':>8} {'eval':>8} "
           f"{'decode':>7} {'compile':>7} {'total':>8} | total, test at last epoch only")  # fmt: skip
     for name, task in VTAB_TASKS.items():
@@ -283,6 +292,9 @@ def print_assumptions(args, strategies, decode, measured: list[Measured]) -> Non
         f"strategies {', '.join(strategies)}; 19 VTAB-1k tasks; grids: AdamW (full) "
         f"{len(FINETUNE_LRS)}x{len(FINETUNE_WDS)}, SGD (others) {len(PROMPT_LRS)}x{len(PROMPT_WDS)}"
         f"; {len(PAPER_SEEDS)} final seeds; {EPOCHS} epochs per stage (ft_then_pt: 2 stages)",
+        "recipe reference (the paper's configs): the FT grid's AdamW decays > 0 train as one run "
+        f"(0.01), so it is {grid_points('full', 'reference')} distinct runs, not "
+        f"{grid_points('full', 'clean')}; batch sizes (FT 128, prompts 64) change steps, not images",
         f"search: train {SEARCH_TRAIN}, evaluate val200 ({SEARCH_EVAL}); final: train "
         f"{FINAL_TRAIN}, evaluate test (sizes from VTAB_TASKS' split strings and source_sizes)",
         f"step times measured at batch {args.batch} (eval batch {args.eval_batch}) and applied "
@@ -321,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
         "--strategies", default="full,vpt_deep,mixed,ft_then_pt", help="of Tables 1-2"
     )
     parser.add_argument("--allocator", choices=("vpt_jax", "inherit"), default="vpt_jax")
+    parser.add_argument(
+        "--recipe", default="reference,clean", help="projections for these training recipes"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny model, one step (tests)")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -343,7 +358,8 @@ def main(argv: list[str] | None = None) -> None:
         measured.append(measure_model(args, cfg))
     print_assumptions(args, strategies, decode, measured)
     for m in measured:
-        print_projection(m, decode, strategies, args.batch)
+        for recipe in args.recipe.split(","):
+            print_projection(m, decode, strategies, args.batch, recipe)
 
 
 if __name__ == "__main__":

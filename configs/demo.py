@@ -10,7 +10,9 @@ far from it, `count` and `location`. Protocol as the paper's, scaled down: a 2-p
 strategy trained on train160 and scored on val40, the best setting retrained on train160val40 and
 scored on test300 (one seed: the demo trades the std over seeds for time). 45 runs of 10 epochs; about
 8 minutes on 2 CPU cores. Writes runs/demo/report/{results.md, results.csv, loss_curves.png, wins.png}.
-Argument `tiny` shrinks everything to a smoke test (used by the test suite).
+Arguments (comma-separated): `tiny` shrinks everything to a smoke test (used by the test suite);
+`recipe=reference` trains with the official VPT code's recipe instead of the clean one (README,
+"Training recipes"; the demo's grids, batch size and warmup stay the same in both).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 
 import vpt_jax
+from vpt_jax import recipe
 from vpt_jax.cli import ConfigArgumentError
 from vpt_jax.study.config import study_config
 
@@ -27,8 +30,18 @@ DEMO_CHECKPOINT = os.path.join(
 
 
 def get_config(arg: str | None = None):
+    parts = [p for p in (arg or "").split(",") if p]
+    tiny = "tiny" in parts
+    options = dict(p.split("=", 1) for p in parts if p != "tiny" and "=" in p)
+    if any(p != "tiny" and "=" not in p for p in parts) or set(options) - {"recipe"}:
+        raise ConfigArgumentError(
+            f"config argument {arg!r}: configs/demo.py takes 'tiny' and/or 'recipe=clean|reference'"
+        )
     c = study_config()
     r = c.run
+    r.recipe = options.get("recipe", recipe.CLEAN)
+    if r.recipe not in recipe.RECIPES:
+        raise ConfigArgumentError(f"recipe={r.recipe!r}: use one of {', '.join(recipe.RECIPES)}")
     r.model.variant = "auto"  # widths read from the checkpoint
     r.model.checkpoint = DEMO_CHECKPOINT
     r.model.image_size = 32
@@ -51,8 +64,10 @@ def get_config(arg: str | None = None):
     s.grids.prompt.weight_decays = (0.0,)
     s.grids.finetune.lrs = (0.004, 0.001)  # x 32/256
     s.grids.finetune.weight_decays = (0.0,)
+    for grid in (s.grids.prompt, s.grids.finetune):  # the same in both recipes
+        grid.batch_size, grid.warmup_epochs = r.train.batch_size, r.optimizer.warmup_epochs
     s.poll_interval_s = 0.5
-    if arg == "tiny":
+    if tiny:
         r.train.epochs = 2
         r.train.checkpoint_every_epochs = 2
         s.datasets = ("procedural:count",)
@@ -61,6 +76,4 @@ def get_config(arg: str | None = None):
         s.final.train_split, s.final.eval_split = "train32val16", "test32"
         s.grids.prompt.lrs = (1.0,)
         s.grids.finetune.lrs = (0.001,)
-    elif arg:
-        raise ConfigArgumentError(f"config argument {arg!r}: configs/demo.py takes none or 'tiny'")
     return c

@@ -96,7 +96,7 @@ SYNTAX_ERROR = "def get_config(arg=None):\n    return {\n"
         ),
         pytest.param(
             [f"--config={DEMO}:tyni"],
-            ["config argument 'tyni'", "none or 'tiny'"],
+            ["config argument 'tyni'", "takes 'tiny' and/or 'recipe=clean|reference'"],
             id="demo-argument-typo",
         ),
         pytest.param(

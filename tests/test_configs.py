@@ -59,3 +59,8 @@ def test_config_arguments_are_checked():
         and run.optimizer.lr == 0.001
         and run.strategy.num_prompts == 10
     )
+    assert run.recipe == "reference" and run.train.batch_size == 128  # the paper's FT runs
+    clean = load(os.path.join(ROOT, "configs", "vtab.py")).get_config("strategy=full,recipe=clean")
+    assert (
+        clean.recipe == "clean" and clean.train.batch_size == 64 and clean.model.dropout_rate == 0.1
+    )

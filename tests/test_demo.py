@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import pytest
+
 from vpt_jax.models.checkpoint import read_npz, to_canonical
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,3 +41,16 @@ def test_demo_study_runs_in_tiny_mode(tmp_path):
     }
     for name in ("results.md", "results.csv", "loss_curves.png", "wins.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+
+
+def test_demo_takes_a_recipe():
+    module = demo_module()
+    assert module.get_config().run.recipe == "clean"
+    c = module.get_config("tiny,recipe=reference")
+    assert c.run.recipe == "reference" and c.run.train.epochs == 2
+    # The demo's grids keep its batch and warmup under either recipe.
+    assert c.study.grids.finetune.batch_size == c.run.train.batch_size == 32
+    assert c.study.grids.prompt.warmup_epochs == c.run.optimizer.warmup_epochs == 2
+    for bad in ("recipe=paper", "small", "tiny,seed=1"):
+        with pytest.raises(ValueError, match="configs/demo.py|recipe="):
+            module.get_config(bad)

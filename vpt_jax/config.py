@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from vpt_jax.errors import UserError
 
@@ -22,6 +23,11 @@ def base_config() -> ml_collections.ConfigDict:
     """Every field of a run, with the study's defaults (ViT-B/16, VPT-deep, VTAB-1k)."""
     c = ml_collections.ConfigDict()
     c.kind = "run"  # run: one training run; study: a protocol of many runs (configs/study/*.py)
+    # The training recipe (vpt_jax/recipe.py, README "Training recipes"): clean (vpt_jax's) or
+    # reference (the official VPT code's, which produced the paper's numbers). Fields marked
+    # "recipe" below are unset (None or "") by default and take the recipe's value; set one to
+    # override that part of the bundle.
+    c.recipe = "clean"  # clean | reference
 
     c.model = ml_collections.ConfigDict()  # the backbone
     c.model.variant = "B/16"  # Ti|S|B|L|H/8|14|16|32; "auto": widths from the checkpoint; "custom"
@@ -32,8 +38,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.mlp_dim = 3072  # "custom" only: MLP hidden width
     c.model.checkpoint = ""  # pretrained .npz (e.g. ViT-B_16.npz); "" trains from random init
     c.model.image_size = 224  # input resolution; position embeddings are resized to it
-    c.model.gelu_approximate = True  # tanh GELU, as the checkpoints were trained; False: exact erf
-    c.model.dropout_rate = 0.0  # backbone dropout (used only by strategies that train the backbone)
+    # recipe: True tanh GELU (clean: as the checkpoints were trained); False exact erf (reference)
+    c.model.gelu_approximate = placeholder(bool)  # recipe: True tanh, False erf
+    # recipe: backbone dropout (clean 0, reference 0.1); runs only where a strategy trains the
+    # backbone (FT): frozen backbones run deterministic
+    c.model.dropout_rate = placeholder(float)  # recipe: 0.0 clean, 0.1 reference
+    # recipe: True: the attention output is dropped at dropout_rate (google's ViT, clean); False: at
+    # attention_dropout_rate (the VPT code's ViT, reference)
+    c.model.dropout_after_attention = placeholder(bool)  # recipe: True clean, False reference
+    c.model.head_init = ""  # recipe: zeros (clean) | vpt (kaiming_normal fan_out, bias -log(99))
     c.model.attention_dropout_rate = 0.0  # dropout on attention weights (same rule)
     # bf16: mixed precision in the form that is fast on this backend (bf16 matmuls with float32
     # accumulation on CPU, ~1.7x faster with AVX512-BF16; bf16 activations and fused attention on
@@ -45,7 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_split = "train800val200"  # split trained on (VTAB-1k final runs: train800val200)
     c.data.eval_splits = ("test",)  # splits evaluated after every epoch (e.g. ("val200",))
     c.data.data_dir = ""  # TFDS data directory; "" uses $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.data.normalization = "inception"  # inception: [-1, 1] (the checkpoints); imagenet: mean/std
+    # recipe: inception: [-1, 1] (clean: the checkpoints'); imagenet: ImageNet mean/std (reference)
+    c.data.normalization = ""  # recipe: inception (clean) | imagenet (reference)
     c.data.flip = False  # random horizontal flips (the study uses no augmentation)
     c.data.crop_padding = 0  # random crops after this much padding; 0: none
     c.data.seed = 0  # dataset seed (procedural data, image-folder hold-out, k-shot draws)
@@ -54,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.strategy = ml_collections.ConfigDict()  # what trains (vpt_jax.tuning)
     c.strategy.name = "vpt_deep"  # one of vpt_jax.tuning.STRATEGIES, or "custom" (uses rules)
     c.strategy.num_prompts = 10  # prompt length p (vpt_shallow, vpt_deep, mixed, ft_then_pt)
-    c.strategy.prompt_dropout = 0.0  # dropout on prompt tokens (VPT code: 0.1 for deep runs)
+    # recipe: dropout on prompt tokens (clean 0; reference 0.1 on deep prompts, 0 on shallow)
+    c.strategy.prompt_dropout = placeholder(float)  # recipe (see above)
     c.strategy.prompt_dim = 0  # prompt width before a projection to the model width; 0: none
     c.strategy.partial_k = 1  # blocks trained by "partial"
     c.strategy.mlp_hidden = (768, 768)  # hidden widths of the "mlp" probe's head (3 layers)
@@ -71,16 +86,31 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.momentum = 0.9  # SGD momentum
     c.optimizer.b1 = 0.9  # AdamW beta1
     c.optimizer.b2 = 0.999  # AdamW beta2
-    c.optimizer.eps = 1e-8  # AdamW epsilon
+    c.optimizer.eps = placeholder(float)  # recipe: AdamW epsilon (clean 1e-8, reference 1e-6)
     c.optimizer.grad_clip = 0.0  # clip the global gradient norm to this; 0: no clipping
     c.optimizer.warmup_epochs = 10  # linear warmup from 0, then cosine decay to 0
+    # recipe: step: the warmup-cosine rate changes every step (clean); epoch: once per epoch, as
+    # the official LambdaLR stepped per epoch (reference; epoch 1 trains at rate 0)
+    c.optimizer.schedule_unit = ""  # recipe: step (clean) | epoch (reference)
+    # recipe: optax (optax.adamw, clean) | vpt (the official AdamW: eps added to sqrt(v) before
+    # bias correction, decay applied to the params after the Adam step; reference)
+    c.optimizer.adamw = ""  # recipe: optax (clean) | vpt (reference)
+    # recipe: which trained leaves decay. strategy: the strategy's labels (clean); vpt: the official
+    # code's sets (SGD: every trained leaf but the head bias; AdamW: leaves without "bias")
+    c.optimizer.decay_set = ""  # recipe: strategy (clean) | vpt (reference)
+    # recipe: > 0: an AdamW run with weight_decay > 0 uses this decay instead (the official code
+    # hard-codes 0.01; reference); 0: the configured one (clean)
+    c.optimizer.fixed_adamw_decay = placeholder(float)  # recipe: 0.0 clean, 0.01 reference
+    # recipe: True: an AdamW run with weight_decay 0 trains with SGD (momentum) instead, as the
+    # official code silently does (reference); False: it stays AdamW (clean)
+    c.optimizer.sgd_when_no_decay = placeholder(bool)  # recipe: False clean, True reference
 
     c.ft_stage = ml_collections.ConfigDict()  # ft_then_pt only: its first (finetuning) stage
     c.ft_stage.epochs = 100  # epochs of the finetuning stage
     c.ft_stage.optimizer = "adamw"  # its optimizer
     c.ft_stage.lr = 0.001  # its base learning rate (scaled by batch/256 like the main one)
     c.ft_stage.weight_decay = 0.0001  # its weight decay
-    c.ft_stage.warmup_epochs = 10  # its warmup
+    c.ft_stage.warmup_epochs = 10  # its warmup (the recipe's schedule, AdamW and decay rules apply)
 
     c.train = ml_collections.ConfigDict()  # the loop
     c.train.epochs = 100  # training epochs (ft_then_pt: of the prompt-tuning stage)
@@ -105,6 +135,8 @@ def base_config() -> ml_collections.ConfigDict:
 def check(c: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raises a one-line `UserError` for every value the settings alone show to be wrong.
 
+    `c` has its recipe resolved (`vpt_jax.recipe.resolve`).
+
     Names (the variant, strategy, precision, normalisation, dataset) are checked where they are
     built, once per run, in `vpt_jax.train.setup`.
     """
@@ -119,6 +151,7 @@ def check(c: ml_collections.ConfigDict, num_devices: int) -> None:
         ("ft_stage.warmup_epochs", c.ft_stage.warmup_epochs),
         ("data.shots", c.data.shots),
         ("train.log_every_steps", c.train.log_every_steps),
+        ("optimizer.fixed_adamw_decay", c.optimizer.fixed_adamw_decay),
     ):
         if value < 0:
             raise UserError(f"{name} must be >= 0, got {value}")
@@ -127,10 +160,12 @@ def check(c: ml_collections.ConfigDict, num_devices: int) -> None:
         ("model.attention_dropout_rate", c.model.attention_dropout_rate),
         ("strategy.prompt_dropout", c.strategy.prompt_dropout),
     ):
-        if not 0 <= value < 1:
+        if value is not None and not 0 <= value < 1:
             raise UserError(
                 f"{name} is a probability of dropping: use 0 <= {name} < 1, got {value}"
             )
+    if not (c.optimizer.eps > 0):
+        raise UserError(f"optimizer.eps must be > 0, got {c.optimizer.eps}")
     if c.optimizer.name not in ("", *OPTIMIZERS) or c.ft_stage.optimizer not in OPTIMIZERS:
         raise UserError(f"optimizer names are {', '.join(OPTIMIZERS)} (optimizer.name may be '')")
     for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every_epochs"):

@@ -10,15 +10,15 @@ training and from val200 for validation; the final runs train on k per class of 
 
 from __future__ import annotations
 
-from vpt_jax.study.config import apply_args, study_config, vtab_datasets
+from vpt_jax.study.config import apply_args, paper_study_config, vtab_datasets
 
 
 def get_config(arg: str | None = None):
-    c = study_config()
-    c.run.model.checkpoint = "ViT-B_16.npz"  # override with the real path
+    c = paper_study_config()
     c.study.datasets = vtab_datasets("all")
     c.study.strategies = ("full", "vpt_deep")
     c.study.shots = 1
     c.run.train.batch_size = 16  # a one-shot split has as many examples as classes
-    apply_args(c, arg, ("tasks", "strategies", "seeds", "shots", "epochs"))
+    c.study.grids.prompt.batch_size = c.study.grids.finetune.batch_size = 16  # (in both recipes)
+    apply_args(c, arg, ("tasks", "strategies", "seeds", "shots", "epochs", "recipe"))
     return c

@@ -10,16 +10,15 @@ test loss every epoch; report/loss_curves.png draws them per task and strategy.
 
 from __future__ import annotations
 
-from vpt_jax.study.config import apply_args, study_config, vtab_datasets
+from vpt_jax.study.config import apply_args, paper_study_config, vtab_datasets
 
 
 def get_config(arg: str | None = None):
-    c = study_config()
-    c.run.model.checkpoint = "ViT-B_16.npz"  # override with the real path
+    c = paper_study_config()
     c.run.train.epochs = 300
     c.run.optimizer.warmup_epochs = 10
     c.study.datasets = vtab_datasets("cifar100+dtd+clevr_count+smallnorb_azimuth")
     c.study.strategies = ("full", "vpt_deep")
     c.study.train_sizes = (3200,)
-    apply_args(c, arg, ("tasks", "strategies", "seeds", "sizes", "epochs"))
+    apply_args(c, arg, ("tasks", "strategies", "seeds", "sizes", "epochs", "recipe"))
     return c

@@ -10,13 +10,12 @@ VPT-deep as references; same protocol as configs/study/vtab.py.
 
 from __future__ import annotations
 
-from vpt_jax.study.config import apply_args, study_config, vtab_datasets
+from vpt_jax.study.config import apply_args, paper_study_config, vtab_datasets
 
 
 def get_config(arg: str | None = None):
-    c = study_config()
-    c.run.model.checkpoint = "ViT-B_16.npz"  # override with the real path
+    c = paper_study_config()
     c.study.datasets = vtab_datasets("all")
     c.study.strategies = ("full", "vpt_deep", "linear", "mlp", "lora")
-    apply_args(c, arg, ("tasks", "strategies", "seeds", "epochs"))
+    apply_args(c, arg, ("tasks", "strategies", "seeds", "epochs", "recipe"))
     return c

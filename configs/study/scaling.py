@@ -12,14 +12,13 @@ VPT dotted, log axis).
 
 from __future__ import annotations
 
-from vpt_jax.study.config import apply_args, study_config, vtab_datasets
+from vpt_jax.study.config import apply_args, paper_study_config, vtab_datasets
 
 
 def get_config(arg: str | None = None):
-    c = study_config()
-    c.run.model.checkpoint = "ViT-B_16.npz"  # override with the real path
+    c = paper_study_config()
     c.study.datasets = vtab_datasets("cifar100+svhn_cropped+eurosat+clevr_count")
     c.study.strategies = ("full", "vpt_deep")
     c.study.train_sizes = (400, 800, 1600, 3200, 6400, 12800, 20000)
-    apply_args(c, arg, ("tasks", "strategies", "seeds", "sizes", "epochs"))
+    apply_args(c, arg, ("tasks", "strategies", "seeds", "sizes", "epochs", "recipe"))
     return c

@@ -11,6 +11,7 @@ before every block, updates beside the attention projections, layers before the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,17 @@ SIZES: dict[str, dict[str, int]] = {
     "H": dict(hidden_size=1280, num_layers=32, num_heads=16, mlp_dim=5120),
 }
 PATCH_SIZES = (8, 14, 16, 32)
+# The classifier's (kernel, bias) initialisers. zeros: google's fine-tuning code. vpt: the official
+# VPT head (`MLP(special_bias=True)`): torch kaiming_normal_(mode="fan_out") weights, i.e.
+# N(0, 2 / num_classes), and every bias -log((1 - 0.01) / 0.01) (a constant: softmax ignores it).
+VPT_HEAD_BIAS = -math.log((1 - 0.01) / 0.01)
+HEAD_INITS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+    "zeros": (nn.initializers.zeros, nn.initializers.zeros),
+    "vpt": (
+        nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        nn.initializers.constant(VPT_HEAD_BIAS),
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +65,20 @@ class ViTConfig:
     )
     dropout_rate: float = 0.0  # backbone dropout after embeddings, attention output and MLP layers
     attention_dropout_rate: float = 0.0  # dropout on attention weights
+    # True: the attention output is dropped at dropout_rate (google's ViT); False: at
+    # attention_dropout_rate (the VPT code's ViT)
+    dropout_after_attention: bool = True
+    head_init: str = "zeros"  # zeros (google's fine-tuning) | vpt (kaiming fan_out, bias -log(99))
     # Compute precision (parameters stay float32): float32 | bf16 (bf16_matmul on CPU,
     # bf16_activations elsewhere) | bf16_matmul | bf16_activations; see models/precision.py.
     precision: str = "float32"
 
     def __post_init__(self):
         check_precision(self.precision)
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(
+                f"unknown head_init {self.head_init!r}; use one of: {', '.join(HEAD_INITS)}"
+            )
 
     @classmethod
     def from_variant(cls, variant: str, **overrides: Any) -> ViTConfig:
@@ -102,6 +122,7 @@ class Encoder(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     gelu_approximate: bool = True
+    dropout_after_attention: bool = True  # see ViTConfig
     patch_size: int = 16  # the prompt initialisation depends on it
     precision: str = "float32"  # compute precision (see models/precision.py)
     additions: tuple[Addition, ...] = ()  # what a strategy attaches (tokens and attention sites)
@@ -133,6 +154,7 @@ class Encoder(nn.Module):
                 self.gelu_approximate,
                 self.precision,
                 at_site(self.additions, ATTENTION),
+                self.dropout_after_attention,
                 name=f"encoderblock_{i}",
             )(x, deterministic=not backbone_train)
         norm = nn.LayerNorm(epsilon=1e-6, dtype=policy(self.precision).dtype, name="encoder_norm")
@@ -162,7 +184,7 @@ class VisionTransformer(nn.Module):
     config: ViTConfig
     num_classes: int | None = None
     additions: tuple[Addition, ...] = ()  # what a tuning strategy attaches (prompts, LoRA, ...)
-    head_init: Callable[..., Array] = nn.initializers.zeros  # zeros, as google's fine-tuning does
+    head_init: Callable[..., Array] | None = None  # the head's kernel init; None: config.head_init
 
     @property
     def extra_tokens(self) -> int:
@@ -195,6 +217,7 @@ class VisionTransformer(nn.Module):
             dropout_rate=cfg.dropout_rate,
             attention_dropout_rate=cfg.attention_dropout_rate,
             gelu_approximate=cfg.gelu_approximate,
+            dropout_after_attention=cfg.dropout_after_attention,
             patch_size=cfg.patch_size,
             precision=cfg.precision,
             additions=self.additions,
@@ -209,9 +232,14 @@ class VisionTransformer(nn.Module):
         for addition in at_site(self.additions, HEAD):
             x = addition(x)
         if self.num_classes:
-            x = out["logits"] = nn.Dense(self.num_classes, kernel_init=self.head_init, name="head")(
-                x
+            kernel_init, bias_init = HEAD_INITS[cfg.head_init]
+            head = nn.Dense(
+                self.num_classes,
+                kernel_init=self.head_init or kernel_init,
+                bias_init=bias_init,
+                name="head",
             )
+            x = out["logits"] = head(x)
         return x, out
 
 

@@ -137,6 +137,9 @@ class Encoder1DBlock(nn.Module):
     gelu_approximate: bool = True
     precision: str = "float32"
     additions: tuple[Addition, ...] = ()  # those attaching at the attention site
+    # True: the attention output is dropped at dropout_rate (google's ViT); False: at
+    # attention_dropout_rate (the VPT code's ViT, whose `proj_dropout` takes the attention rate).
+    dropout_after_attention: bool = True
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool) -> Array:
@@ -149,7 +152,8 @@ class Encoder1DBlock(nn.Module):
             self.additions,
             name="MultiHeadDotProductAttention_1",
         )(y, deterministic=deterministic)
-        x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        after = self.dropout_rate if self.dropout_after_attention else self.attention_dropout_rate
+        x = x + nn.Dropout(after)(y, deterministic=deterministic)
         y = nn.LayerNorm(epsilon=1e-6, dtype=dtype, name="LayerNorm_2")(x)
         y = MlpBlock(
             self.mlp_dim,

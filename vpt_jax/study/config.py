@@ -7,6 +7,7 @@ run starts from (see `vpt_jax.config.base_config`), `config.study` the protocol.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from vpt_jax.config import base_config
 
@@ -47,9 +48,15 @@ def study_config() -> ml_collections.ConfigDict:
     s.grids.prompt = ml_collections.ConfigDict()  # SGD strategies (VPT, linear, mixed, ...)
     s.grids.prompt.lrs = PROMPT_LRS  # base learning rates (scaled by batch/256 in the runs)
     s.grids.prompt.weight_decays = PROMPT_WDS  # weight decays
+    # Set: the batch size / warmup of this grid's runs (replacing run.train.batch_size /
+    # run.optimizer.warmup_epochs); unset: the recipe's (reference: 64 / 10), else the template's.
+    s.grids.prompt.batch_size = placeholder(int)  # see above
+    s.grids.prompt.warmup_epochs = placeholder(int)  # see above
     s.grids.finetune = ml_collections.ConfigDict()  # AdamW strategies (full)
     s.grids.finetune.lrs = FINETUNE_LRS  # base learning rates
     s.grids.finetune.weight_decays = FINETUNE_WDS  # weight decays
+    s.grids.finetune.batch_size = placeholder(int)  # as above (reference: 128)
+    s.grids.finetune.warmup_epochs = placeholder(int)  # as above (reference: 5)
 
     s.claim_timeout_s = 600.0  # a claim not refreshed for this long belongs to a dead worker
     s.poll_interval_s = 2.0  # how often a worker with nothing to claim looks again
@@ -74,7 +81,7 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, allowed: tuple[str
     """Applies a config-file argument such as `tasks=cifar100+dtd,strategies=full+vpt_deep,seeds=42`.
 
     Keys: tasks (VTAB task names joined by +, or all), strategies, seeds, sizes (data scaling),
-    shots, epochs.
+    shots, epochs, recipe (clean or reference).
 
     Raises:
       ConfigArgumentError: an unknown key (the allowed ones are listed) or a number that is not.
@@ -95,3 +102,15 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, allowed: tuple[str
             c.study.shots = config_int(key, value)
         elif key == "epochs":
             c.run.train.epochs = config_int(key, value)
+        elif key == "recipe":
+            c.run.recipe = value  # an unknown name is reported when the study starts
+
+
+def paper_study_config() -> ml_collections.ConfigDict:
+    """The start of the paper's studies: ViT-B/16 (ImageNet-21k) trained with the `reference`
+    recipe (the official code's training; the config argument `recipe=clean` switches)."""
+    c = study_config()
+    c.run.recipe = "reference"
+    c.run.model.variant = "B/16"
+    c.run.model.checkpoint = "ViT-B_16.npz"  # override with the real path
+    return c

@@ -26,7 +26,7 @@ def plan(config: ml_collections.ConfigDict, store: StudyStore) -> tuple[list[Run
     """Every run known now, and whether more will appear once runs finish (finals after selection)."""
     study = config.study
     inherited, complete = inherited_settings(config, store)
-    search = protocol.search_specs(study, inherited)
+    search = protocol.search_specs(study, inherited, config.run)
     specs = list(search)
     waiting = not complete
     for selected in selections(config, store, search).values():
@@ -90,7 +90,7 @@ def selections(
     Without `search`: the groups of single-stage strategies (whose grids need no selection).
     """
     if search is None:
-        search = protocol.search_specs(config.study, {})
+        search = protocol.search_specs(config.study, {}, config.run)
     groups: dict[Group, list[RunSpec]] = {}
     for spec in search:
         groups.setdefault(spec.group, []).append(spec)

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import ml_collections
 
+from vpt_jax import recipe
 from vpt_jax.data import parse_dataset, scaling_splits
 from vpt_jax.errors import UserError
 from vpt_jax.tuning.strategies import STRATEGIES, get_strategy
@@ -74,11 +75,32 @@ class RunSpec:
 
 
 def grid_for(
-    study: ml_collections.ConfigDict, strategy: str
+    study: ml_collections.ConfigDict, strategy: str, run: ml_collections.ConfigDict | None = None
 ) -> tuple[Sequence[float], Sequence[float]]:
-    """(learning rates, weight decays) searched for a strategy: the grid it declares."""
-    grid = study.grids[get_strategy(strategy).grid]
-    return tuple(grid.lrs), tuple(grid.weight_decays)
+    """(learning rates, weight decays) searched for a strategy: the grid it declares.
+
+    With the run template `run`, weight decays that train identically under its recipe are one
+    grid point, named by the decay it trains with: under `reference`, AdamW trains every decay
+    > 0 as 0.01 (the official code), so the FT grid's (0.01, 0.001, 0.0001, 0) is (0.01, 0),
+    the 0 being SGD. Identical runs are not trained twice.
+    """
+    declared = get_strategy(strategy)
+    grid = study.grids[declared.grid]
+    lrs, wds = tuple(grid.lrs), tuple(grid.weight_decays)
+    if run is None:
+        return lrs, wds
+    r = recipe.resolve(run)
+    name = r.optimizer.name or declared.final.optimizer
+    trained = [
+        recipe.effective_optimizer(
+            name,
+            wd,
+            fixed_adamw_decay=r.optimizer.fixed_adamw_decay,
+            sgd_when_no_decay=r.optimizer.sgd_when_no_decay,
+        )[1]
+        for wd in wds
+    ]
+    return lrs, tuple(dict.fromkeys(trained))
 
 
 def earlier_stage(strategy: str) -> str | None:
@@ -113,6 +135,9 @@ def check_study(study: ml_collections.ConfigDict) -> None:
             raise UserError(
                 f"study.grids.{name}: learning rates must be > 0 and weight decays >= 0"
             )
+        for field, least in (("batch_size", 1), ("warmup_epochs", 0)):
+            if grid[field] is not None and grid[field] < least:
+                raise UserError(f"study.grids.{name}.{field} must be >= {least}, got {grid[field]}")
     if any(n <= 0 or n % 4 for n in study.train_sizes):
         raise UserError(f"study.train_sizes must be positive multiples of 4: {study.train_sizes}")
     if not study.claim_timeout_s >= MIN_CLAIM_TIMEOUT_S:
@@ -125,9 +150,14 @@ def check_study(study: ml_collections.ConfigDict) -> None:
         raise UserError(f"study.poll_interval_s must be > 0 seconds, got {study.poll_interval_s}")
 
 
-def check_template(run: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+def check_template(
+    run: ml_collections.ConfigDict,
+    defaults: ml_collections.ConfigDict,
+    grids: ml_collections.ConfigDict | None = None,
+) -> None:
     """Refuses a run-template field that the protocol sets in every run (its value would be
-    recorded but never used), naming the study field that sets it."""
+    recorded but never used), naming the study field that sets it; and one that the recipe's
+    per-grid settings would replace (`recipe.GRID_SETTINGS`) where the study's grids leave it."""
     for field, owner in REPLACED_BY_STUDY.items():
         section, name = field.split(".")
         value, default = run[section][name], defaults[section][name]
@@ -136,19 +166,36 @@ def check_template(run: ml_collections.ConfigDict, defaults: ml_collections.Conf
                 f"run.{field}={value!r} is replaced in every run of a study (by {owner}); "
                 f"set that instead and leave run.{field} at its default"
             )
+    if grids is None:
+        return
+    recipe.check_recipe(run.recipe)
+    for field, section in recipe.GRID_FIELDS.items():
+        value, default = run[section][field], defaults[section][field]
+        for grid, settings in recipe.GRID_SETTINGS[run.recipe].items():
+            if value != default and grids[grid][field] is None and field in settings:
+                raise UserError(
+                    f"run.{section}.{field}={value} is replaced by the {run.recipe} recipe's "
+                    f"{settings[field]} for the {grid} grid; set study.grids.{grid}.{field} "
+                    "(for every grid) instead"
+                )
 
 
 def _plain(value):
     return list(value) if isinstance(value, tuple | list) else value
 
 
-def search_specs(study: ml_collections.ConfigDict, inherited: Mapping) -> list[RunSpec]:
+def search_specs(
+    study: ml_collections.ConfigDict,
+    inherited: Mapping,
+    run: ml_collections.ConfigDict | None = None,
+) -> list[RunSpec]:
     """Every grid run known now.
 
     Args:
       study: the `study` section.
       inherited: (earlier-stage strategy, dataset, size, shots) -> its (lr, wd); the grid of a
         multi-stage strategy waits (is left out) until its earlier stage's setting is there.
+      run: the run template; given, grid points its recipe trains identically are one (`grid_for`).
     """
     specs = []
     for dataset, strategy, (size, shots) in itertools.product(
@@ -158,7 +205,7 @@ def search_specs(study: ml_collections.ConfigDict, inherited: Mapping) -> list[R
         stage = (0.0, 0.0) if earlier is None else inherited.get((earlier, dataset, size, shots))
         if stage is None:
             continue  # waits for the earlier stage's selection
-        lrs, wds = grid_for(study, strategy)
+        lrs, wds = grid_for(study, strategy, run)
         for lr, wd in itertools.product(lrs, wds):
             specs.append(
                 RunSpec(SEARCH, dataset, strategy, size, shots, lr, wd, study.search.seed, *stage)
@@ -204,8 +251,17 @@ def run_config(study_config: ml_collections.ConfigDict, spec: RunSpec) -> ml_col
     c.strategy.num_prompts = int(study.num_prompts or (task.prompt_length if task else 10))
     c.optimizer.lr = spec.lr
     c.optimizer.weight_decay = spec.weight_decay
+    grid = get_strategy(spec.strategy).grid
+    for field, section in recipe.GRID_FIELDS.items():
+        value = recipe.grid_setting(study.grids, c.recipe, grid, field)
+        if value is not None:
+            c[section][field] = value
     if spec.ft_lr:
         c.ft_stage.lr = spec.ft_lr
         c.ft_stage.weight_decay = spec.ft_weight_decay
+        earlier = get_strategy(earlier_stage(spec.strategy)).grid
+        warmup = recipe.grid_setting(study.grids, c.recipe, earlier, "warmup_epochs")
+        if warmup is not None:
+            c.ft_stage.warmup_epochs = warmup
     c.train.seed = spec.seed
     return c

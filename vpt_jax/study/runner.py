@@ -65,7 +65,7 @@ def check_runs(config: ml_collections.ConfigDict) -> None:
     mistake in any of them is one line now, not after hours of other runs. The checkpoint is read
     once."""
     study = config.study
-    protocol.check_template(config.run, study_config().run)
+    protocol.check_template(config.run, study_config().run, config.study.grids)
     checkpoint = None
     groups = itertools.product(study.datasets, study.strategies, protocol.points(study))
     for dataset, strategy, (size, shots) in groups:

@@ -1,12 +1,19 @@
-"""The study's optimizers: SGD with momentum or AdamW, cosine decay with linear warmup, by label."""
+"""The study's optimizers: SGD with momentum or AdamW, cosine decay with linear warmup, by label.
+
+Two forms of each choice the recipes differ in (`vpt_jax.recipe`): the warmup-cosine evaluated per
+step (`schedule`) or once per epoch as the official `WarmupCosineSchedule` (`epoch_schedule`), and
+AdamW as `optax.adamw` or as the official VPT code's own AdamW (`vpt_adamw`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from vpt_jax.tuning.rules import masked_optimizer
@@ -27,6 +34,76 @@ def schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule
     )
 
 
+def epoch_schedule(
+    peak: float, warmup_epochs: int, total_epochs: int, steps_per_epoch: int
+) -> optax.Schedule:
+    """The official `WarmupCosineSchedule`, a `LambdaLR` stepped once per epoch, at step level.
+
+    The rate is constant within an epoch: epoch `e` (0-based) trains at `peak * e / warmup` while
+    `e < warmup` (so the first epoch trains at rate 0), then at
+    `peak * 0.5 * (1 + cos(pi * (e - warmup) / (total - warmup)))`.
+    """
+    warmup = float(warmup_epochs)
+    span = float(max(1, total_epochs - warmup_epochs))
+
+    def rate(count):
+        epoch = (jnp.asarray(count) // max(steps_per_epoch, 1)).astype(jnp.float32)
+        warm = epoch / max(1.0, warmup)
+        cosine = jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(math.pi * (epoch - warmup) / span)))
+        return peak * jnp.where(epoch < warmup, warm, cosine)
+
+    return rate
+
+
+class VptAdamWState(NamedTuple):
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
+def vpt_adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    """The official VPT code's AdamW (`src/solver/optimizer.py`), as an optax transformation.
+
+    Per leaf, at step t (from 1) with rate `lr`: `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
+    `p' = p - lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`, then
+    `p'' = p' - lr * wd * p'`. It differs from `optax.adamw` in two places: eps is added to
+    `sqrt(v)` before the bias correction (optax: after), and the decay acts on the updated
+    parameters `p'` (optax: on `p`).
+    """
+    rate: Callable[[jax.Array], jax.Array] = (
+        learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+    )
+
+    def init(params):
+        zeros = lambda: jax.tree_util.tree_map(jnp.zeros_like, params)
+        return VptAdamWState(jnp.zeros((), jnp.int32), zeros(), zeros())
+
+    def update(grads, state, params):
+        if params is None:
+            raise ValueError("vpt_adamw needs the parameters")
+        count = state.count + 1
+        lr = rate(state.count)
+        mu = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
+        nu = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
+        t = count.astype(jnp.float32)
+        step_size = lr * jnp.sqrt(1 - b2**t) / (1 - b1**t)
+
+        def leaf(m, v, p):
+            adam = -step_size * m / (jnp.sqrt(v) + eps)
+            return adam - lr * weight_decay * (p + adam)
+
+        updates = jax.tree_util.tree_map(leaf, mu, nu, params)
+        return updates, VptAdamWState(count, mu, nu)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(
     labels: Mapping[str, Any],
     *,
@@ -39,6 +116,7 @@ def make_optimizer(
     b2: float = 0.999,
     eps: float = 1e-8,
     grad_clip: float = 0.0,
+    adamw: str = "optax",
 ) -> optax.GradientTransformation:
     """The optimizer over the whole parameter tree, driven by the strategy's labels.
 
@@ -60,13 +138,16 @@ def make_optimizer(
       b2: AdamW beta2.
       eps: AdamW epsilon.
       grad_clip: clip the global gradient norm to this first; 0 disables.
+      adamw: `optax` (`optax.adamw`) or `vpt` (the official code's AdamW, `vpt_adamw`).
     """
     if name == "sgd":
         make = lambda rate, wd: optax.chain(
             optax.add_decayed_weights(wd), optax.sgd(rate, momentum=momentum)
         )
-    elif name == "adamw":
+    elif name == "adamw" and adamw == "optax":
         make = lambda rate, wd: optax.adamw(rate, b1=b1, b2=b2, eps=eps, weight_decay=wd)
+    elif name == "adamw" and adamw == "vpt":
+        make = lambda rate, wd: vpt_adamw(rate, b1=b1, b2=b2, eps=eps, weight_decay=wd)
     else:
         raise ValueError(f"unknown optimizer {name!r}")
 
@@ -96,6 +177,15 @@ class OptimizerSpec:
     b2: float = 0.999
     eps: float = 1e-8
     grad_clip: float = 0.0
+    steps_per_epoch: int = 0  # > 0: the rate changes once per epoch of this many steps
+    adamw: str = "optax"  # optax | vpt (see make_optimizer)
+
+    def shape(self) -> optax.Schedule:
+        """The schedule with peak 1: per step, or per epoch when `steps_per_epoch` is set."""
+        if self.steps_per_epoch:
+            per = self.steps_per_epoch
+            return epoch_schedule(1.0, self.warmup_steps // per, self.total_steps // per, per)
+        return schedule(1.0, self.warmup_steps, self.total_steps)
 
     def build(
         self, labels: Mapping[str, Any], lr: float = 0.0, weight_decay: float = 0.0
@@ -106,10 +196,11 @@ class OptimizerSpec:
             name=self.name,
             lr=lr,
             weight_decay=weight_decay,
-            schedule_shape=schedule(1.0, self.warmup_steps, self.total_steps),
+            schedule_shape=self.shape(),
             momentum=self.momentum,
             b1=self.b1,
             b2=self.b2,
             eps=self.eps,
             grad_clip=self.grad_clip,
+            adamw=self.adamw,
         )

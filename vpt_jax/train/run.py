@@ -49,6 +49,7 @@ def train_and_evaluate(
     """
     mesh = feed.make_mesh()
     setup = build_run(c, mesh.size)
+    c = setup.config  # the recipe resolved: what the run trains with, and what config.json holds
     finished = check_workdir(workdir, c)
     if finished is not None:
         log.info("%s already finished: %s", workdir, _summary(finished["final"]))

@@ -10,16 +10,19 @@ compiled. The trainer uses the result as it is, and a study validates its runs w
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import ml_collections
 import numpy as np
 
 from vpt_jax import config as config_lib
+from vpt_jax import recipe
 from vpt_jax.data import ArraySplit, DatasetName, DataSource, get_dataset, parse_dataset
 from vpt_jax.data.preprocess import check_normalization
 from vpt_jax.data.splits import one_shot_indices
 from vpt_jax.errors import UserError
+from vpt_jax.models.additions import Prompts
 from vpt_jax.models.checkpoint import (
     Checkpoint,
     check_fits,
@@ -31,6 +34,7 @@ from vpt_jax.models.vit import ViTConfig
 from vpt_jax.train import feed
 from vpt_jax.tuning.strategies import STRATEGIES, Strategy, get_strategy
 
+log = logging.getLogger("vpt_jax")
 EVAL_CACHE_BYTES = 2 * 1024**3  # evaluation splits up to this size are decoded once and kept
 
 
@@ -48,6 +52,9 @@ class OptimizerSettings:
     b2: float
     eps: float
     grad_clip: float
+    schedule_unit: str = "step"  # step | epoch (see vpt_jax.recipe)
+    adamw: str = "optax"  # optax | vpt
+    decay_set: str = "strategy"  # strategy | vpt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +76,7 @@ class RunSetup:
     strategy: Strategy
     stages: tuple[StagePlan, ...]
     checkpoint: Checkpoint | None  # the pretrained weights, read once; None: random init
+    config: ml_collections.ConfigDict  # the run config with its recipe resolved
 
 
 def build_run(
@@ -81,7 +89,8 @@ def build_run(
     """Checks a run config and builds what it describes.
 
     Args:
-      c: the run config (`vpt_jax.config.base_config`).
+      c: the run config (`vpt_jax.config.base_config`); its recipe is resolved here
+        (`vpt_jax.recipe.resolve`), and `RunSetup.config` is the result.
       num_devices: devices the batches are split over.
       read_weights: read `model.checkpoint`; False (checking a config without running it) reads it
         only when the architecture comes from it (`model.variant="auto"`).
@@ -90,6 +99,7 @@ def build_run(
     Raises:
       UserError: any mistake, as one line.
     """
+    c = recipe.resolve(c)
     config_lib.check(c, num_devices)
     dataset = parse_dataset(c.data.dataset)  # an unknown task fails here, before any data is read
     try:
@@ -111,7 +121,7 @@ def build_run(
     stages = stage_plans(c, strategy)
     if checkpoint is not None:  # the head is fresh: any class count checks the backbone's fit
         check_fits(checkpoint, stages[0].strategy.build_model(backbone, 2))
-    return RunSetup(dataset, backbone, strategy, stages, checkpoint)
+    return RunSetup(dataset, backbone, strategy, stages, checkpoint, c)
 
 
 def backbone_config(m: ml_collections.ConfigDict, checkpoint: Checkpoint | None) -> ViTConfig:
@@ -123,6 +133,8 @@ def backbone_config(m: ml_collections.ConfigDict, checkpoint: Checkpoint | None)
     common = dict(
         image_size=m.image_size,
         gelu_approximate=m.gelu_approximate,
+        dropout_after_attention=m.dropout_after_attention,
+        head_init=m.head_init,
         dropout_rate=m.dropout_rate,
         attention_dropout_rate=m.attention_dropout_rate,
         precision=m.precision,
@@ -158,10 +170,10 @@ def build_strategy(s: ml_collections.ConfigDict, num_layers: int) -> Strategy:
         raise UserError(f"strategy.rules is only read by strategy 'custom' (not {s.name!r})")
     if s.name not in STRATEGIES:
         raise UserError(f"unknown strategy {s.name!r}; use one of: {', '.join(STRATEGIES)}, custom")
-    return get_strategy(
+    build = lambda dropout: get_strategy(
         s.name,
         num_prompts=s.num_prompts,
-        prompt_dropout=s.prompt_dropout,
+        prompt_dropout=dropout,
         prompt_dim=s.prompt_dim or None,
         partial_k=s.partial_k,
         num_layers=num_layers,
@@ -169,10 +181,19 @@ def build_strategy(s: ml_collections.ConfigDict, num_layers: int) -> Strategy:
         lora_rank=s.lora_rank,
         lora_alpha=s.lora_alpha,
     )
+    if s.prompt_dropout is not None:
+        return build(s.prompt_dropout)
+    # The reference recipe's prompt dropout depends on the prompts the strategy declares.
+    deep = any(isinstance(a, Prompts) and a.deep for a in build(0.0).final.additions)
+    return build(recipe.prompt_dropout(None, deep))
 
 
 def stage_plans(c: ml_collections.ConfigDict, strategy: Strategy) -> tuple[StagePlan, ...]:
-    """The stages of a run: the last uses `optimizer`/`train`, an earlier one `ft_stage`."""
+    """The stages of a run: the last uses `optimizer`/`train`, an earlier one `ft_stage`.
+
+    `c` has its recipe resolved. Each stage's optimizer and weight decay are the ones it trains
+    with (`recipe.effective_optimizer`: the reference recipe's AdamW rules).
+    """
     stages = strategy.stages or (strategy,)
     o, f = c.optimizer, c.ft_stage
     shared = dict(
@@ -182,11 +203,28 @@ def stage_plans(c: ml_collections.ConfigDict, strategy: Strategy) -> tuple[Stage
         b2=o.b2,
         eps=o.eps,
         grad_clip=o.grad_clip,
+        schedule_unit=o.schedule_unit,
+        adamw=o.adamw,
+        decay_set=o.decay_set,
     )
-    last = OptimizerSettings(
-        o.name or strategy.final.optimizer, o.lr, o.weight_decay, o.warmup_epochs, **shared
-    )
-    earlier = OptimizerSettings(f.optimizer, f.lr, f.weight_decay, f.warmup_epochs, **shared)
+
+    def settings(name: str, lr: float, weight_decay: float, warmup: int) -> OptimizerSettings:
+        trained = recipe.effective_optimizer(
+            name,
+            weight_decay,
+            fixed_adamw_decay=o.fixed_adamw_decay,
+            sgd_when_no_decay=o.sgd_when_no_decay,
+        )
+        if trained != (name, weight_decay):
+            log.info(
+                "%s with weight decay %g trains as %s with weight decay %g (the official code's "
+                "AdamW rules: optimizer.fixed_adamw_decay, optimizer.sgd_when_no_decay)",
+                name, weight_decay, *trained,
+            )  # fmt: skip
+        return OptimizerSettings(*trained[:1], lr, trained[1], warmup, **shared)
+
+    last = settings(o.name or strategy.final.optimizer, o.lr, o.weight_decay, o.warmup_epochs)
+    earlier = settings(f.optimizer, f.lr, f.weight_decay, f.warmup_epochs)
     return tuple(
         StagePlan(i, stage, last, c.train.epochs)
         if i == len(stages) - 1

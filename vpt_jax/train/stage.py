@@ -27,11 +27,11 @@ from vpt_jax.data.pipeline import epoch_batch_indices
 from vpt_jax.errors import UserError
 from vpt_jax.train import feed, step
 from vpt_jax.train.checkpoints import StageCheckpoints
-from vpt_jax.train.optimizer import OptimizerSpec, learning_rate, schedule
+from vpt_jax.train.optimizer import OptimizerSpec, learning_rate
 from vpt_jax.train.records import RunLog
 from vpt_jax.train.setup import StagePlan
 from vpt_jax.tuning.budget import parameter_budget
-from vpt_jax.tuning.rules import label_tree, merge, split
+from vpt_jax.tuning.rules import label_tree, merge, split, vpt_decay_labels
 
 log = logging.getLogger("vpt_jax")
 _METRIC_SUFFIXES = ("_loss", "_top1", "_accuracy")
@@ -66,22 +66,29 @@ class RunContext:
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """A stage's learning-rate schedule in steps."""
+    """A stage's learning-rate schedule in steps, and the optimizer it drives."""
 
     peak: float
     steps_per_epoch: int
     warmup_steps: int
     total_steps: int
+    spec: OptimizerSpec
 
     @classmethod
     def create(cls, plan: StagePlan, num_train: int, batch_size: int) -> Schedule:
         o = plan.optimizer
         per_epoch = -(-num_train // batch_size)
         peak = learning_rate(o.lr, batch_size, o.scale_lr_by_batch)
-        return cls(peak, per_epoch, o.warmup_epochs * per_epoch, plan.epochs * per_epoch)
+        warmup, total = o.warmup_epochs * per_epoch, plan.epochs * per_epoch
+        spec = OptimizerSpec(
+            o.name, warmup, total, o.momentum, o.b1, o.b2, o.eps, o.grad_clip,
+            steps_per_epoch=per_epoch if o.schedule_unit == "epoch" else 0, adamw=o.adamw,
+        )  # fmt: skip
+        return cls(peak, per_epoch, warmup, total, spec)
 
     def rate(self, step_count: int) -> float:
-        return float(schedule(self.peak, self.warmup_steps, self.total_steps)(step_count))
+        """The learning rate of the step taken after `step_count` steps."""
+        return float(self.peak * self.spec.shape()(step_count))
 
 
 def train_stage(
@@ -89,7 +96,7 @@ def train_stage(
 ) -> tuple[dict, dict[str, float]]:
     """Trains one stage (resuming from its checkpoints); returns its params and last metrics."""
     rates = Schedule.create(plan, ctx.num_train, ctx.train.batch_size)
-    program = _train_program(plan, model, params, rates, ctx)
+    program = train_program(plan, model, params, rates, ctx.augmentation, ctx.mesh)
     rep = feed.replicated(ctx.mesh)
     key = jax.random.fold_in(jax.random.key(ctx.train.seed), 1000 + plan.index)
     state = jax.device_put(
@@ -124,18 +131,20 @@ def train_stage(
     return jax.device_get(state.params), metrics
 
 
-def _train_program(plan, model, params, rates: Schedule, ctx: RunContext) -> step.TrainProgram:
-    o = plan.optimizer
-    spec = OptimizerSpec(
-        o.name, rates.warmup_steps, rates.total_steps, o.momentum, o.b1, o.b2, o.eps, o.grad_clip
-    )
+def train_program(
+    plan: StagePlan, model, params, rates: Schedule, augmentation: step.Augmentation, mesh: Mesh
+) -> step.TrainProgram:
+    """The compiled step's specialisation for a stage: model, labels, optimizer, augmentation."""
+    labels = label_tree(params, plan.strategy.rules)
+    if plan.optimizer.decay_set == "vpt":
+        labels = vpt_decay_labels(labels, plan.optimizer.name, plan.strategy.layout.head)
     return step.TrainProgram.create(
         model,
-        label_tree(params, plan.strategy.rules),
-        optimizer=spec,
+        labels,
+        optimizer=rates.spec,
         backbone_train=plan.strategy.backbone_dropout,
-        augmentation=ctx.augmentation,
-        batch_sharding=feed.batch_sharded(ctx.mesh),
+        augmentation=augmentation,
+        batch_sharding=feed.batch_sharded(mesh),
     )
 
 

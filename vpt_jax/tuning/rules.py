@@ -113,3 +113,27 @@ def masked_optimizer(
         NO_DECAY: make(learning_rate, 0.0),
     }
     return optax.multi_transform(transforms, labels)
+
+
+def vpt_decay_labels(labels: Mapping[str, Any], optimizer: str, head: str) -> dict[str, Any]:
+    """The official VPT code's weight-decay sets over a label tree's trained leaves.
+
+    Its `make_optimizer` decides by parameter name, whatever the method: with SGD every trained
+    leaf decays except the head's bias (`last_layer.bias`); with AdamW every trained leaf whose
+    name lacks `bias` (its `LayerNorm.*` exclusions match no name of its ViT, whose norms are
+    `attention_norm`, `ffn_norm`, `encoder_norm`). Frozen leaves stay frozen.
+
+    Args:
+      labels: a label tree (`label_tree`).
+      optimizer: `sgd` or `adamw`.
+      head: the classifier's scope in the tree (the family layout's `head`).
+    """
+    head_bias = f"{head}/bias"
+
+    def official(path: str) -> str:
+        if optimizer == "sgd":
+            return NO_DECAY if path == head_bias else DECAY
+        return NO_DECAY if "bias" in path else DECAY
+
+    flat = paths.flatten(labels)
+    return paths.unflatten({k: v if v == FROZEN else official(k) for k, v in flat.items()})

@@ -33,7 +33,10 @@ class Strategy:
     rules: Rules  # (regex, label) pairs, first full match wins; labels frozen/decay/no_decay
     additions: tuple[Addition, ...] = ()  # what it attaches to the backbone
     layout: ParamLayout = VIT_LAYOUT  # the family layout its rules and additions' paths refer to
-    backbone_dropout: bool = True  # False: the backbone runs deterministic while training
+    # False: the backbone runs deterministic while training. As the VPT code: only finetuning
+    # (end2end) runs its dropout; every method with a frozen or partly frozen encoder, and the
+    # prompt methods (Mixed too), run it in eval mode.
+    backbone_dropout: bool = True
     optimizer: str = "sgd"  # the paper's optimizer for it: sgd (momentum 0.9) or adamw
     grid: str = PROMPT_GRID  # the lr x wd grid the paper searched for it: prompt or finetune
     stages: tuple[Strategy, ...] = ()  # run in order (each starting from the last); () = itself
@@ -98,8 +101,10 @@ def full(layout: ParamLayout = VIT_LAYOUT) -> Strategy:
 
 
 def linear(layout: ParamLayout = VIT_LAYOUT) -> Strategy:
-    """Linear probe: the head only, on frozen features."""
-    return Strategy("linear", (*head_rules(layout), (r".*", FROZEN)), layout=layout)
+    """Linear probe: the head only, on frozen features (the backbone runs deterministic)."""
+    return Strategy(
+        "linear", (*head_rules(layout), (r".*", FROZEN)), layout=layout, backbone_dropout=False
+    )
 
 
 def mlp(hidden: tuple[int, ...] = (768, 768), layout: ParamLayout = VIT_LAYOUT) -> Strategy:
@@ -110,6 +115,7 @@ def mlp(hidden: tuple[int, ...] = (768, 768), layout: ParamLayout = VIT_LAYOUT) 
         (*_biases_undecayed(layout.owned(head)), *head_rules(layout), (r".*", FROZEN)),
         additions=(head,),
         layout=layout,
+        backbone_dropout=False,
     )
 
 
@@ -174,13 +180,17 @@ def partial(k: int, num_layers: int, layout: ParamLayout = VIT_LAYOUT) -> Strate
         f"partial{k}",
         (*_biases_undecayed(tuned), *head_rules(layout), (r".*", FROZEN)),
         layout=layout,
+        backbone_dropout=False,  # the VPT code runs a partly frozen encoder in eval mode
     )
 
 
 def bias(layout: ParamLayout = VIT_LAYOUT) -> Strategy:
     """Bias tuning (TinyTL-bias): every bias and the head train."""
     return Strategy(
-        "bias", (*head_rules(layout), (r".*/bias", DECAY), (r".*", FROZEN)), layout=layout
+        "bias",
+        (*head_rules(layout), (r".*/bias", DECAY), (r".*", FROZEN)),
+        layout=layout,
+        backbone_dropout=False,  # the VPT code runs a frozen encoder in eval mode
     )
 
 
