@@ -423,3 +423,13 @@ def test_figure_command_needs_both_artifacts(capsys):
     assert "error: flag --ft_artifact=None: Flag --ft_artifact must have a value" in (
         capsys.readouterr().err
     )
+
+
+def test_figures_normalise_as_the_runs_were_trained():
+    from vpt_jax.analysis.attribution.figures import trained_normalization
+
+    ref = {"extra": {"normalization": "imagenet"}}
+    assert trained_normalization(ref, ref) == "imagenet"
+    assert trained_normalization({"extra": {}}, {}) == "inception"  # older artifacts: clean
+    with pytest.raises(UserError, match="trained on imagenet inputs and the VPT one on inception"):
+        trained_normalization(ref, {"extra": {"normalization": "inception"}})

@@ -6,6 +6,7 @@ r"""One-shot (Tables 3-4): FT vs VPT with one training and one validation exampl
 
 The k-shot draw (data.shots, seeded by data.seed) takes k examples per class from train800 for
 training and from val200 for validation; the final runs train on k per class of train800val200.
+Trained with the `reference` recipe (as configs/study/vtab.py); argument `recipe=clean` switches.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ r"""Longer training on enlarged splits: do FT and VPT overfit? (loss curves, Fig
 
 Trains 300 epochs on a 4x larger split (3200 training images, 800 validation) and records train and
 test loss every epoch; report/loss_curves.png draws them per task and strategy.
+Trained with the `reference` recipe (as configs/study/vtab.py); argument `recipe=clean` switches.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ r"""Linear and MLP probes and LoRA against FT and VPT on VTAB-1k (the paper's ex
 
 Strategies: linear (head only), mlp (3-layer MLP head), lora (rank 8 on query/value), with FT and
 VPT-deep as references; same protocol as configs/study/vtab.py.
+Trained with the `reference` recipe (as configs/study/vtab.py); argument `recipe=clean` switches.
 """
 
 from __future__ import annotations

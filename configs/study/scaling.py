@@ -8,6 +8,7 @@ Each size n trains on the first n examples of VTAB's training part and validates
 its validation part (sizes a task cannot supply are refused with its maximum; caltech101 stops at
 1224). Default sizes 400, 800, 1600, 3200, 6400, 12800, 20000; figure: report/scaling.png (FT solid,
 VPT dotted, log axis).
+Trained with the `reference` recipe (as configs/study/vtab.py); argument `recipe=clean` switches.
 """
 
 from __future__ import annotations

@@ -223,14 +223,17 @@ def stage_plans(c: ml_collections.ConfigDict, strategy: Strategy) -> tuple[Stage
             )  # fmt: skip
         return OptimizerSettings(*trained[:1], lr, trained[1], warmup, **shared)
 
-    last = settings(o.name or strategy.final.optimizer, o.lr, o.weight_decay, o.warmup_epochs)
-    earlier = settings(f.optimizer, f.lr, f.weight_decay, f.warmup_epochs)
+    last = len(stages) - 1
     return tuple(
-        StagePlan(i, stage, last, c.train.epochs)
-        if i == len(stages) - 1
-        else StagePlan(i, stage, earlier, f.epochs)
+        StagePlan(
+            i, stage, settings(o.name or strategy.final.optimizer, o.lr, o.weight_decay,
+                               o.warmup_epochs), c.train.epochs,
+        )
+        if i == last
+        else StagePlan(i, stage, settings(f.optimizer, f.lr, f.weight_decay, f.warmup_epochs),
+                       f.epochs)
         for i, stage in enumerate(stages)
-    )
+    )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,6 +61,18 @@ class Scan:
     kept: dict[int, np.ndarray]
 
 
+def trained_normalization(ft_meta: dict[str, Any], vpt_meta: dict[str, Any]) -> str:
+    """The input normalisation both runs were trained with (their artifacts record it; artifacts
+    without the record are from the clean recipe's `inception`)."""
+    used = [m.get("extra", {}).get("normalization") or "inception" for m in (ft_meta, vpt_meta)]
+    if used[0] != used[1]:
+        raise UserError(
+            f"the FT artifact was trained on {used[0]} inputs and the VPT one on {used[1]} (their "
+            "recipes differ); compare runs of one recipe, or pass --normalization to force one"
+        )
+    return used[0]
+
+
 def load_runs(
     ft_artifact: str | os.PathLike, vpt_artifact: str | os.PathLike, base: str | os.PathLike
 ) -> tuple[Run, Run, dict[str, Any], dict[str, Any]]:
@@ -157,10 +169,12 @@ def run(values: flags.FlagValues) -> dict[str, Any]:
         baseline=values.ig_baseline,
         blur_sigma=values.blur_sigma,
     )
-    check_options(values.figures, values.target, values.normalization, ig_options)
+    check_options(values.figures, values.target, values.normalization or "inception", ig_options)
     if values.max_rows < 1 or values.batch_size < 1:
         raise UserError("--max_rows and --batch_size must be >= 1")
     ft, vpt, ft_meta, vpt_meta = load_runs(values.ft_artifact, values.vpt_artifact, values.base)
+    if values.normalization is None:
+        values.normalization = trained_normalization(ft_meta, vpt_meta)
     image_size = values.image_size or ft[0].config.image_size
     source = get_dataset(
         values.dataset, values.split, data_dir=values.data_dir, image_size=image_size
@@ -241,7 +255,9 @@ def define_flags(values: flags.FlagValues) -> None:
     string("split", "test", "the split to search for disagreements")
     string("data_dir", None, "TFDS data directory (default: TFDS's)")
     integer("image_size", None, "default: the runs' image size")
-    string("normalization", "inception", "inception ([-1, 1]) or imagenet")
+    string(
+        "normalization", None, "inception ([-1, 1]) or imagenet; default: what the runs trained on"
+    )
     string("out", None, "output directory for the PNGs and summary.json", required=True)
     integer("max_rows", 8, "most rows per figure")
     integer("max_examples", None, "read at most this many (default: all)")
