@@ -203,6 +203,18 @@ def vtab_source(task: TaskSpec, split: str, *, data_dir: str | None, image_size:
     # Refuse oversized requests before reading; the table's sizes stand in for missing metadata.
     tfds_split = vtab_tfds_split(task, split, known_sizes or task.source_sizes)
     class_names = task.class_names or _class_names(builder, task.label, task.num_classes)
+    num_examples = None
+    if known_sizes:
+        try:
+            num_examples = builder.info.splits[tfds_split].num_examples
+        except (ValueError, KeyError) as error:
+            # A dataset prepared in part (`tfds build --max_examples_per_split`) passes the region
+            # checks above, which know bounded regions only by the table's boundaries.
+            raise UserError(
+                f"vtab/{task.name}:{split} reads {tfds_split}, which TFDS dataset {task.tfds_name} "
+                f"prepared at {builder.data_dir} cannot supply ({_one_line(error)}); was it "
+                "prepared in part? Delete that directory and prepare the dataset in full"
+            ) from None
     return make_source(
         builder,
         tfds_split,
@@ -212,8 +224,12 @@ def vtab_source(task: TaskSpec, split: str, *, data_dir: str | None, image_size:
         class_names=class_names,
         image_size=image_size,
         binary_image=task.binary_image,
-        num_examples=builder.info.splits[tfds_split].num_examples if known_sizes else None,
+        num_examples=num_examples,
     )
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).strip("'\" ").split()).rstrip(".")
 
 
 def tfds_source(
