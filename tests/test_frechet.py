@@ -34,6 +34,28 @@ def random_statistics(n: int, dim: int, seed: int, scale: float = 1.0, shift: fl
     return FeatureStatistics.from_features(features)
 
 
+def realistic_features(n: int, dim: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    """Pooled-ReLU-like features: variances 1/k in a basis shared up to a tilt, non-negative."""
+    basis, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(dim, dim)))
+    rng = np.random.default_rng(seed)
+    tilted, _ = np.linalg.qr(basis + rng.normal(size=(dim, dim)) * 0.3 / np.sqrt(dim))
+    latent = rng.normal(size=(n, dim)) / np.sqrt(1.0 + np.arange(dim))
+    return np.maximum(latent @ tilted.T + 0.5, 0.0) + shift
+
+
+def exact_distance(x1: np.ndarray, x2: np.ndarray) -> float:
+    """From the features: Tr sqrt(S1 S2) = nuclear norm of X1c X2c^T / sqrt((n1 - 1)(n2 - 1)).
+
+    No product of covariances is formed, so this is exact to ~1e-15 even where they are singular.
+    """
+    c1, c2 = x1 - x1.mean(0), x2 - x2.mean(0)
+    trace_covmean = np.linalg.svd(c1 @ c2.T, compute_uv=False).sum()
+    trace_covmean /= np.sqrt((len(x1) - 1) * (len(x2) - 1))
+    a, b = FeatureStatistics.from_features(x1), FeatureStatistics.from_features(x2)
+    diff = a.mu - b.mu
+    return diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * trace_covmean
+
+
 def reference_distance(a: FeatureStatistics, b: FeatureStatistics) -> float:
     """Independent float64 formula: Tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)), all symmetric."""
     w, v = np.linalg.eigh(a.sigma)
@@ -43,36 +65,86 @@ def reference_distance(a: FeatureStatistics, b: FeatureStatistics) -> float:
     return diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * np.sqrt(eig).sum()
 
 
-# (samples, width): full rank, and rank-deficient covariances from fewer samples than features.
+# (samples of each, width): full rank; one rank-deficient covariance (fewer samples than
+# features) against a full-rank one, both ways; two rank-deficient ones.
+@pytest.mark.parametrize(
+    "n1, n2, dim", [(600, 400, 128), (40, 600, 128), (600, 40, 128), (30, 20, 128), (60, 90, 256)]
+)
+def test_symmetric_method_is_exact_and_matches_pytorch_fids_sqrtm(n1, n2, dim):
+    x1, x2 = realistic_features(n1, dim, seed=1), realistic_features(n2, dim, seed=2, shift=0.05)
+    a, b = FeatureStatistics.from_features(x1), FeatureStatistics.from_features(x2)
+    exact = exact_distance(x1, x2)
+    assert exact > 0.5
+    fast = frechet_distance(a, b)
+    assert fast == pytest.approx(exact, rel=1e-10)
+    assert frechet_distance(b, a) == pytest.approx(fast, rel=1e-12)
+    # pytorch-fid's computation: exact at full rank; with singular covariances it also sums
+    # square roots of round-off eigenvalues, which costs it up to ~3e-7 here.
+    assert frechet_distance(a, b, method="sqrtm") == pytest.approx(fast, rel=1e-6)
+
+
 @pytest.mark.parametrize("n, dim", [(400, 48), (20, 64), (6, 128)])
-def test_distance_matches_scipy_reference(n, dim):
+def test_distance_matches_the_square_root_formula(n, dim):
     a = random_statistics(n, dim, seed=0)
     b = random_statistics(n, dim, seed=1, scale=1.3, shift=0.2)
     expected = reference_distance(a, b)
     assert expected > 1.0
     assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
-    assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(b, a, method="sqrtm") == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("n, dim", [(600, 256), (6, 128)])
 def test_distance_of_identical_statistics_is_zero(n, dim):
     a = random_statistics(n, dim, seed=2)
-    # Rank-deficient covariances leave round-off eigenvalues (~1e-16) whose square roots (~1e-8)
-    # add up, in pytorch-fid too: relative to the total variance the distance is still ~1e-7.
-    assert abs(frechet_distance(a, a)) <= 1e-6 * max(1.0, np.trace(a.sigma))
+    assert abs(frechet_distance(a, a)) <= 1e-12 * np.trace(a.sigma)
+    # sqrtm: rank-deficient covariances leave round-off eigenvalues (~1e-16) whose square roots
+    # (~1e-8) add up, in pytorch-fid too: relative to the total variance still ~1e-7.
+    assert abs(frechet_distance(a, a, method="sqrtm")) <= 1e-6 * max(1.0, np.trace(a.sigma))
 
 
 def test_distance_matches_pytorch_fid():
     pytest.importorskip("tests.torch_reference")
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    a = random_statistics(30, 64, seed=3)
-    b = random_statistics(30, 64, seed=4, shift=0.5)
+    x1, x2 = realistic_features(30, 64, seed=3), realistic_features(30, 64, seed=4, shift=0.5)
+    a, b = FeatureStatistics.from_features(x1), FeatureStatistics.from_features(x2)
     try:
         expected = calculate_frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
     except TypeError:  # pytorch-fid 0.3 passes sqrtm(disp=False), which SciPy 1.18 removed
         pytest.skip("pytorch-fid's calculate_frechet_distance does not run with this SciPy")
-    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(a, b, method="sqrtm") == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(a, b) == pytest.approx(exact_distance(x1, x2), rel=1e-10)
+
+
+def test_psd_factor_reveals_the_rank():
+    for n, rank in ((20, 19), (200, 64)):
+        sigma = random_statistics(n, 64, seed=5).sigma
+        factor = frechet.psd_factor(sigma)
+        assert factor.shape == (64, rank)
+        np.testing.assert_allclose(
+            factor @ factor.T, sigma, rtol=0, atol=1e-12 * np.abs(sigma).max()
+        )
+
+
+def test_float32_rank_deficient_statistics_take_the_eigh_path(monkeypatch):
+    # Rounding a singular covariance to float32 (as published .npz files store them) leaves an
+    # indefinite null space (eigenvalues ~ -1e-8 relative) that pivoted Cholesky cannot factor.
+    x1, x2 = realistic_features(30, 128, seed=6), realistic_features(400, 128, seed=7)
+    a, b = FeatureStatistics.from_features(x1), FeatureStatistics.from_features(x2)
+    rounded = FeatureStatistics(a.mu.astype(np.float32), a.sigma.astype(np.float32))
+    assert np.linalg.eigvalsh(rounded.sigma)[0] < -1e-10
+    calls = []
+    eigh_factor = frechet._eigh_factor
+    monkeypatch.setattr(
+        frechet, "_eigh_factor", lambda *args: calls.append(1) or eigh_factor(*args)
+    )
+    factor = frechet.psd_factor(rounded.sigma)
+    np.testing.assert_allclose(factor @ factor.T, rounded.sigma, rtol=0, atol=1e-7)
+    fast = frechet_distance(rounded, b)
+    assert calls == [1, 1]  # the float64 covariance b factors by pivoted Cholesky alone
+    assert fast == pytest.approx(frechet_distance(rounded, b, method="sqrtm"), rel=1e-5)
+    assert fast == pytest.approx(exact_distance(x1, x2), rel=1e-3)  # float32 costs both ~1e-4
 
 
 def test_singular_product_retries_with_eps(monkeypatch):
@@ -86,7 +158,7 @@ def test_singular_product_retries_with_eps(monkeypatch):
         return np.full_like(m, np.inf) if len(calls) == 1 else real_sqrtm(m)
 
     monkeypatch.setattr(frechet.scipy.linalg, "sqrtm", sqrtm)
-    distance = frechet_distance(a, b, eps=1e-3)
+    distance = frechet_distance(a, b, eps=1e-3, method="sqrtm")
     offset = np.eye(8) * 1e-3
     np.testing.assert_allclose(calls[1], (a.sigma + offset) @ (b.sigma + offset))
     shifted_a = FeatureStatistics(a.mu, a.sigma + offset)
@@ -94,20 +166,54 @@ def test_singular_product_retries_with_eps(monkeypatch):
     # Same square root as with shifted covariances, but the traces of the unshifted ones.
     expected = reference_distance(shifted_a, shifted_b) - 2 * 8 * 1e-3
     assert distance == pytest.approx(expected, rel=1e-9)
+    assert len(calls) == 2
+    frechet_distance(a, b, eps=1e-3)  # the symmetric method never calls sqrtm
+    assert len(calls) == 2
 
 
-def test_small_imaginary_parts_are_dropped():
-    # sqrtm(diag(1, -1e-8)) has imaginary part 1e-4 on the diagonal: round-off, accepted.
+@pytest.mark.parametrize("method", frechet.METHODS)
+def test_small_negative_eigenvalues_are_round_off(method):
+    # sqrtm(diag(1, -1e-8)) has imaginary part 1e-4 on the diagonal: round-off, accepted; the
+    # symmetric method drops the eigenvalue -1e-8 (1e-8 of the largest) for the same answer.
     a = FeatureStatistics(np.zeros(2), np.eye(2))
     b = FeatureStatistics(np.zeros(2), np.diag([1.0, -1e-8]))
-    assert frechet_distance(a, b) == pytest.approx(1.0 - 1e-8, abs=1e-12)
+    assert frechet_distance(a, b, method=method) == pytest.approx(1.0 - 1e-8, abs=1e-12)
+    assert frechet_distance(b, a, method=method) == pytest.approx(1.0 - 1e-8, abs=1e-12)
 
 
-def test_large_imaginary_parts_raise():
+def test_covariances_that_are_not_psd_raise():
     a = FeatureStatistics(np.zeros(2), np.eye(2), num_samples=3)
     b = FeatureStatistics(np.zeros(2), np.diag([1.0, -1.0]), num_samples=3)
     with pytest.raises(StatisticsError, match=r"imaginary parts up to 1 .*from 3 and 3 images"):
+        frechet_distance(a, b, method="sqrtm")
+    with pytest.raises(
+        StatisticsError,
+        match=r"^the second covariance is not positive semidefinite \(eigenvalues from -1 to 1\)",
+    ):
         frechet_distance(a, b)
+    with pytest.raises(StatisticsError, match="^the first covariance is not positive semidef"):
+        frechet_distance(b, a)
+
+
+def test_covariances_that_are_not_symmetric_raise():
+    a = FeatureStatistics(np.zeros(3), np.eye(3))
+    skewed = np.eye(3)
+    skewed[0, 2] = 0.5
+    with pytest.raises(StatisticsError, match=r"second covariance is not symmetric \(\|sigma"):
+        frechet_distance(a, FeatureStatistics(np.zeros(3), skewed))
+    nearly = np.eye(3) + 1e-9 * (skewed - np.eye(3))  # round-off: symmetrised
+    assert frechet_distance(FeatureStatistics(np.zeros(3), nearly), a) == pytest.approx(
+        0, abs=1e-15
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # sqrtm's, as in pytorch-fid
+def test_zero_covariance_of_constant_features():
+    a = FeatureStatistics(np.ones(4), np.zeros((4, 4)))
+    b = random_statistics(20, 4, seed=8)
+    expected = np.sum((1 - b.mu) ** 2) + np.trace(b.sigma)
+    for method in frechet.METHODS:
+        assert frechet_distance(a, b, method=method) == pytest.approx(expected, rel=1e-12)
 
 
 def test_distance_rejects_mismatched_or_broken_statistics():
@@ -119,6 +225,8 @@ def test_distance_rejects_mismatched_or_broken_statistics():
         frechet_distance(a, broken)
     with pytest.raises(StatisticsError, match=r"mu \(D,\) and sigma \(D, D\)"):
         FeatureStatistics(np.zeros(3), np.eye(4))
+    with pytest.raises(UserError, match=r"unknown Fréchet distance method 'fast'; choose one of"):
+        frechet_distance(a, a, method="fast")
 
 
 def test_accumulated_moments_match_numpy():
