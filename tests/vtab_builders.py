@@ -120,7 +120,8 @@ class _StandIn:
         return barcode(example_id, shape, on)
 
     def _features(self, split: str, example_id: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """The real builder's features of one example (abstract: each stand-in below defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _features")
 
 
 def _stand_in_of(task: str) -> type:
