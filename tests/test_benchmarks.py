@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 train_step = importlib.import_module("train_step")
 protocol_cost = importlib.import_module("protocol_cost")
+frechet_bench = importlib.import_module("frechet")
 
 
 def test_train_step_smoke_vpt_jax_only(capsys):
@@ -75,3 +76,12 @@ def test_test_sizes_come_from_the_vtab_table():
     assert sizes["smallnorb_azimuth"] == 12150  # test[50%:]
     assert sizes["clevr_count"] == 15000  # the validation split
     assert sizes.keys() == set(protocol_cost.SOURCE_KIND)
+
+
+def test_frechet_smoke(capsys):
+    rows = frechet_bench.main(["--smoke"])
+    pairs = [r["pair"] for r in rows]
+    assert pairs == ["full rank", "8 vs 128", "8 vs 8", "full rank", "16 vs 256", "16 vs 16"]
+    # Both methods agree, and the symmetric one matches the value computed from the features.
+    assert all(r["rel_diff"] < 1e-6 and abs(r["symmetric_err"]) < 1e-10 for r in rows)
+    assert "ratio" in capsys.readouterr().out

@@ -117,6 +117,18 @@ def test_distance_matches_pytorch_fid():
     assert frechet_distance(a, b) == pytest.approx(exact_distance(x1, x2), rel=1e-10)
 
 
+def test_symmetric_method_is_scale_invariant():
+    # Its tolerances are relative; pytorch-fid's (1e-3 on imaginary parts) is absolute and rejects
+    # this rank-deficient pair once features are ~1000x larger.
+    x1, x2 = realistic_features(40, 96, seed=9), realistic_features(500, 96, seed=10, shift=0.1)
+    x1[:, :5] = 0.3  # dead features, in both
+    x2[:, 3:9] = 0.0
+    for scale in (1e-6, 1e4):
+        a = FeatureStatistics.from_features(x1 * scale)
+        b = FeatureStatistics.from_features(x2 * scale)
+        assert frechet_distance(a, b) == pytest.approx(exact_distance(x1, x2) * scale**2, rel=1e-10)
+
+
 def test_psd_factor_reveals_the_rank():
     for n, rank in ((20, 19), (200, 64)):
         sigma = random_statistics(n, 64, seed=5).sigma
@@ -225,7 +237,9 @@ def test_distance_rejects_mismatched_or_broken_statistics():
         frechet_distance(a, broken)
     with pytest.raises(StatisticsError, match=r"mu \(D,\) and sigma \(D, D\)"):
         FeatureStatistics(np.zeros(3), np.eye(4))
-    with pytest.raises(UserError, match=r"unknown Fréchet distance method 'fast'; choose one of"):
+    with pytest.raises(
+        UserError, match=r"unknown Fréchet distance method .fast.; choose one of: symmetric, sqrtm$"
+    ):
         frechet_distance(a, a, method="fast")
 
 

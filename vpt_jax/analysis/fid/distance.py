@@ -18,7 +18,8 @@ count (`statistics_cache_path`), so a task is read and embedded once per feature
     table.write_distances_csv("fid.csv", rows)
 
 With the Inception's 2048-d features, 1000 images (VTAB-1k's train800val200) give a singular
-covariance; `frechet_distance` then follows pytorch-fid (an `eps` retry). Pass a larger split
+covariance; `frechet_distance`'s default method is exact for it (no `eps` retry; pytorch-fid's
+`sqrtm` computation, `method="sqrtm"`, agrees to ~1e-6). Pass a larger split
 where the task holds one (`--tasks vtab/cifar100 --split train5000`) for a steadier estimate.
 
 Command line (prints the table and writes it as CSV):
