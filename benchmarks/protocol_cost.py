@@ -7,8 +7,10 @@
 The protocol (vpt_jax.study): for each of the 19 VTAB-1k tasks and each strategy, a grid search
 (lr x wd; prompt/SGD grid 10 x 4 = 40 settings, FT/AdamW grid 4 x 4 = 16) trained on train800 and
 scored on val200, then the selected setting retrained with 5 seeds on train800val200 and scored on
-test. Every run trains 100 epochs (ft_then_pt: an FT stage of 100 epochs, then 100 of VPT-deep) and,
-as configured (`train.eval_every_epochs = 1`), evaluates its eval split after every epoch. VPT runs
+test. Every run trains 100 epochs (ft_then_pt: an FT stage of 100 epochs, then 100 of VPT-deep).
+Three evaluation policies are projected side by side (`POLICIES`): the study's default (search runs
+score val200 once; final runs draw test loss curves on a fixed subset every epoch and evaluate the
+full test split once), the full eval split after every epoch (the default before), and once. VPT runs
 use the per-task prompt lengths of the VTAB task table (`TaskSpec.prompt_length`).
 
 Measured here, in one process, on ViT-B/16 at 224x224: seconds per training image (weights
@@ -47,9 +49,11 @@ from vpt_jax.study.config import (  # noqa: E402
     PROMPT_LRS,
     PROMPT_WDS,
     paper_study_config,
+    study_config,
 )
 
 EVAL_CACHE_BYTES = 2 * 1024**3  # vpt_jax.train.setup: eval splits up to this size stay decoded
+CURVE_EXAMPLES = study_config().study.final.curve_examples  # the study's loss-curve test subset
 EPOCHS = 100
 SEARCH_TRAIN, SEARCH_EVAL, FINAL_TRAIN = 800, 200, 1000
 # Approximate stored image size per task (TFDS), for the decode cost: small PNG (<= 96 px),
@@ -205,9 +209,19 @@ class Cost:
         return self.train + self.eval + self.decode + self.compile
 
 
+# How runs evaluate: the study's defaults before and after curves on a subset, and the floor.
+POLICIES = {
+    "every": "full eval split after every epoch (the study's default before curve subsets)",
+    "curves": "search: val200 after the last epoch; final: test loss curves on "
+    f"{CURVE_EXAMPLES:,} fixed test images every epoch, full test after the last (the default)",
+    "last": "every eval split once, after the last epoch (no curves)",
+}
+
+
 def run_cost(m: Measured, decode: dict[str, float], task, strategy: str, final: bool,
-             eval_every_epoch: bool, compiles: bool = True) -> Cost:  # fmt: skip
-    """Seconds of one run of `strategy` on `task` (a search run, or a final run).
+             policy: str, compiles: bool = True) -> Cost:  # fmt: skip
+    """Seconds of one run of `strategy` on `task` (a search run, or a final run), evaluating as
+    `policy` (`POLICIES`) says.
 
     `compiles`: whether this run compiles its steps. The learning rate and weight decay are
     optimizer state (vpt_jax.train.optimizer), so the runs of one grid, and the seeds of one final
@@ -224,14 +238,22 @@ def run_cost(m: Measured, decode: dict[str, float], task, strategy: str, final: 
     }[strategy]
     n_train = FINAL_TRAIN if final else SEARCH_TRAIN
     n_eval = test_size(task) if final else SEARCH_EVAL
-    evals = EPOCHS if eval_every_epoch else 1
     per_decode = decode.get(SOURCE_KIND[task.name], decode["procedural"])
     cached = n_eval * 224 * 224 * 3 <= EVAL_CACHE_BYTES
+    full_evals, curve_images, passes = 1, 0, 1  # evaluations of the full split, curve images
+    if policy == "every":
+        full_evals, passes = EPOCHS, 1 if cached else EPOCHS
+    elif policy == "curves" and final:
+        curve_images = EPOCHS * min(n_eval, CURVE_EXAMPLES)
+        # the subset is drawn in one pass of a split that is not kept decoded
+        passes = 1 if cached or n_eval <= CURVE_EXAMPLES else 2
+        if n_eval <= CURVE_EXAMPLES:  # the curve is the whole split: its last point is the full one
+            full_evals, curve_images = 0, curve_images
     cost = Cost(runs=1)
     for kind, tokens in stages:
         cost.train += EPOCHS * n_train * (m.train_s(kind, tokens) + m.preprocess_s)
-        cost.eval += evals * n_eval * m.eval_s(tokens)
-        cost.decode += per_decode * (n_train + n_eval * (1 if cached else evals))
+        cost.eval += (full_evals * n_eval + curve_images) * m.eval_s(tokens)
+        cost.decode += per_decode * (n_train + n_eval * passes)
         cost.compile += m.compile_s[kind] if compiles else 0.0
     return cost
 
@@ -245,7 +267,7 @@ def grid_points(strategy: str, recipe: str) -> int:
     return len(lrs) * len(wds)
 
 
-def project(m: Measured, decode: dict[str, float], strategies, eval_every_epoch: bool,
+def project(m: Measured, decode: dict[str, float], strategies, policy: str,
             recipe: str = "reference"):  # fmt: skip
     seeds = len(PAPER_SEEDS)
     per_task = {}
@@ -254,8 +276,8 @@ def project(m: Measured, decode: dict[str, float], strategies, eval_every_epoch:
         for strategy in strategies:
             grid = grid_points(strategy, recipe)
             for final, runs in ((False, grid), (True, seeds)):
-                total.add(run_cost(m, decode, task, strategy, final, eval_every_epoch))
-                rest = run_cost(m, decode, task, strategy, final, eval_every_epoch, False)
+                total.add(run_cost(m, decode, task, strategy, final, policy))
+                rest = run_cost(m, decode, task, strategy, final, policy, False)
                 total.add(rest, runs - 1)
         per_task[name] = total
     return per_task
@@ -265,24 +287,26 @@ def print_projection(m: Measured, decode, strategies, batch: int, recipe: str) -
     device = jax.devices()[0].device_kind
     print(f"\nProjection on {device}, ViT-B/16, vpt_jax precision {m.precision}, batch {batch}, "
           f"recipe {recipe}:")  # fmt: skip
-    results = {every: project(m, decode, strategies, every, recipe) for every in (True, False)}
-    print(f"{'task':22} {'test':>6} {'cached':>6} {'p':>4} | hours: {'train':>8} {'eval':>8} "
-          f"{'decode':>7} {'compile':>7} {'total':>8} | total, test at last epoch only")  # fmt: skip
+    results = {policy: project(m, decode, strategies, policy, recipe) for policy in POLICIES}
+    print(f"{'task':22} {'test':>6} {'cached':>6} {'p':>4} | default, hours: {'train':>8} "
+          f"{'eval':>8} {'decode':>7} {'compile':>7} {'total':>8} | total if: every epoch "
+          "| last only")  # fmt: skip
     for name, task in VTAB_TASKS.items():
-        c, last = results[True][name], results[False][name]
+        c = results["curves"][name]
         size = test_size(task)
         cached = "yes" if size * 224 * 224 * 3 <= EVAL_CACHE_BYTES else "no"
-        print(f"{name:22} {size:6d} {cached:>6} {task.prompt_length:4d} |        "
+        print(f"{name:22} {size:6d} {cached:>6} {task.prompt_length:4d} |                 "
               f"{c.train / 3600:8.1f} {c.eval / 3600:8.1f} {c.decode / 3600:7.1f} "
-              f"{c.compile / 3600:7.1f} {c.total / 3600:8.1f} | {last.total / 3600:8.1f}")  # fmt: skip
-    for every, label in ((True, "as configured (evaluate every epoch)"),
-                         (False, "evaluating only after the last epoch")):  # fmt: skip
+              f"{c.compile / 3600:7.1f} {c.total / 3600:8.1f} | "
+              f"{results['every'][name].total / 3600:20.1f} | "
+              f"{results['last'][name].total / 3600:9.1f}")  # fmt: skip
+    for policy, label in POLICIES.items():
         total = Cost()
-        for cost in results[every].values():
+        for cost in results[policy].values():
             total.add(cost)
-        print(f"TOTAL {label}: {total.runs} runs, {total.total / 3600:,.0f} device-hours "
-              f"({total.total / 86400:,.1f} days): train {total.train / 3600:,.0f} h, eval "
-              f"{total.eval / 3600:,.0f} h, decode {total.decode / 3600:,.0f} h, compile "
+        print(f"TOTAL {policy} ({label}): {total.runs} runs, {total.total / 3600:,.0f} "
+              f"device-hours ({total.total / 86400:,.1f} days): train {total.train / 3600:,.0f} h, "
+              f"eval {total.eval / 3600:,.0f} h, decode {total.decode / 3600:,.0f} h, compile "
               f"{total.compile / 3600:,.1f} h")  # fmt: skip
 
 

@@ -64,7 +64,8 @@ def test_torch_reference_inserts_prompts_like_the_official_code():
 def test_protocol_cost_smoke(capsys):
     protocol_cost.main(["--smoke"])
     printed = capsys.readouterr().out
-    assert "Assumptions:" in printed and "TOTAL as configured" in printed
+    assert "Assumptions:" in printed and "TOTAL curves (search: val200" in printed
+    assert "TOTAL every (" in printed and "TOTAL last (" in printed
 
 
 def test_test_sizes_come_from_the_vtab_table():

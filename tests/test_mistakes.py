@@ -20,7 +20,8 @@ from vpt_jax.train import records
 
 RUN_MISTAKES = [
     (["--config.train.checkpoint_every_epochs=0"], "train.checkpoint_every_epochs must be >= 1"),
-    (["--config.train.eval_every_epochs=0"], "train.eval_every_epochs must be >= 1"),
+    (["--config.train.eval_every_epochs=-1"], "train.eval_every_epochs must be >= 0"),
+    (["--config.train.curve_examples=100"], "set train.curve_every_epochs"),
     (["--config.model.image_size=18"], "model.image_size=18 is not divisible by the patch size 4"),
     (["--config.data.shots=-1"], "data.shots must be >= 0, got -1"),
     (["--config.model.dropout_rate=1.0"], "use 0 <= model.dropout_rate < 1, got 1.0"),

@@ -118,7 +118,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_batch_size = 256  # evaluation batch size (the last batch is padded and masked)
     c.train.seed = 42  # seed of initialisation, shuffling and dropout
     c.train.checkpoint_every_epochs = 1  # save the trainable state every this many epochs
-    c.train.eval_every_epochs = 1  # evaluate every this many epochs (and always at the end)
+    # Evaluate the eval splits every this many epochs, and always after a stage's last; 0: only then.
+    c.train.eval_every_epochs = 1  # see above
+    # Loss curves: every this many epochs, also evaluate a fixed subset of each eval split (recorded
+    # as <split>_curve_loss / <split>_curve_top1); 0: no curve evaluations.
+    c.train.curve_every_epochs = 0  # see above
+    # The curve subset: this many examples of each eval split, drawn once by a fixed seed (the same
+    # for every strategy and training seed); 0: the whole split.
+    c.train.curve_examples = 0  # see above
     c.train.log_every_steps = 0  # also log the running train loss every this many steps; 0: off
     c.train.export_checkpoint = False  # also write checkpoint.npz: the whole model, google layout
     # A workdir holding a run of another config is refused; True renames that run to
@@ -130,6 +137,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.num_processes = 1  # number of processes (hosts)
     c.distributed.process_id = 0  # this process's index
     return c
+
+
+_ZERO_MEANS = {
+    "eval_every_epochs": "only after a stage's last epoch",
+    "curve_every_epochs": "no curve evaluations",
+    "curve_examples": "the whole split",
+}
 
 
 def check(c: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -173,10 +187,15 @@ def check(c: ml_collections.ConfigDict, num_devices: int) -> None:
             raise UserError(f"train.{name} must be >= 1, got {c.train[name]}")
     if c.ft_stage.epochs < 1:
         raise UserError(f"ft_stage.epochs must be >= 1, got {c.ft_stage.epochs}")
-    if c.train.eval_every_epochs < 1:
+    for name in ("eval_every_epochs", "curve_every_epochs", "curve_examples"):
+        if c.train[name] < 0:
+            raise UserError(
+                f"train.{name} must be >= 0 (0: {_ZERO_MEANS[name]}), got {c.train[name]}"
+            )
+    if c.train.curve_examples and not c.train.curve_every_epochs:
         raise UserError(
-            f"train.eval_every_epochs must be >= 1 (runs are always evaluated at their last "
-            f"epoch; use train.epochs to evaluate only then), got {c.train.eval_every_epochs}"
+            f"train.curve_examples={c.train.curve_examples} is only used by curve evaluations; "
+            "set train.curve_every_epochs (e.g. 1) too, or leave train.curve_examples at 0"
         )
     for name in ("batch_size", "eval_batch_size"):
         if c.train[name] % num_devices:

@@ -38,11 +38,20 @@ def study_config() -> ml_collections.ConfigDict:
     s.search.train_split = "train800"  # trained on
     s.search.eval_split = "val200"  # scored on at the last epoch
     s.search.seed = 42  # the seed of every grid run
+    # Full evaluations of the validation split every this many epochs; 0: only after the last (all
+    # that selection reads).
+    s.search.eval_every_epochs = 0  # see above
 
     s.final = ml_collections.ConfigDict()  # phase 2: the selected setting with several seeds
     s.final.train_split = "train800val200"  # trained on
     s.final.eval_split = "test"  # reported: mean and std over seeds of last-epoch top-1
     s.final.seeds = PAPER_SEEDS  # seeds of the final runs
+    s.final.eval_every_epochs = 0  # full test evaluations every this many epochs; 0: after the last
+    # Loss curves (report/loss_curves.png): test loss and top-1 every this many epochs on a fixed
+    # subset of curve_examples test images, the same in every run of a task (0: the whole split).
+    # The full test split is evaluated after the last epoch whatever these say.
+    s.final.curve_every_epochs = 1  # 0: no curves
+    s.final.curve_examples = 2000  # see above
 
     s.grids = ml_collections.ConfigDict()  # lr x wd grids, picked by the strategy's optimizer
     s.grids.prompt = ml_collections.ConfigDict()  # SGD strategies (VPT, linear, mixed, ...)

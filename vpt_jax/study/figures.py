@@ -39,10 +39,22 @@ def _colors(strategies):
     return {s: cmap(i % 10) for i, s in enumerate(strategies)}
 
 
+def _test_loss(row: dict[str, Any], eval_split: str) -> float:
+    """The test loss of an epoch's record: its curve evaluation (a fixed subset of the split,
+    `train.curve_every_epochs`) where there is one, else the full split's, else NaN (not evaluated)."""
+    for key in (f"{eval_split}_curve_loss", f"{eval_split}_loss"):
+        if key in row:
+            return row[key]
+    return math.nan
+
+
 def loss_curves(finals: dict[tuple, dict[str, Any]], eval_split: str, path: str) -> str | None:
     curves: dict[str, dict[str, tuple]] = defaultdict(dict)
+    # The standard splits; a study of one enlarged training size (the overfitting study) draws that.
+    sizes = {size for (_, _, size, shots) in finals if not shots}
+    drawn = next(iter(sizes)) if len(sizes) == 1 else 0
     for (dataset, strategy, size, shots), entry in sorted(finals.items()):
-        if size or shots or not entry["runs"]:
+        if size != drawn or shots or not entry["runs"]:
             continue
         per_seed = [
             records.read_metrics(os.path.join(run, records.METRICS)) for run in entry["runs"]
@@ -54,11 +66,9 @@ def loss_curves(finals: dict[tuple, dict[str, Any]], eval_split: str, path: str)
             continue
         epochs = [r["epoch"] for r in per_seed[0][:length]]
         train = np.mean([[r["train_loss"] for r in rows[:length]] for rows in per_seed], axis=0)
-        test = np.mean(
-            [[r.get(f"{eval_split}_loss", math.nan) for r in rows[:length]] for rows in per_seed],
-            axis=0,
-        )
-        curves[parse_dataset(dataset).short][strategy] = (epochs, train, test)
+        test = np.mean([[_test_loss(r, eval_split) for r in rows[:length]] for rows in per_seed], 0)
+        task = parse_dataset(dataset).short + (f" (n={size})" if size else "")
+        curves[task][strategy] = (epochs, train, test)
     if not curves:
         return None
     strategies = sorted({s for c in curves.values() for s in c})

@@ -38,6 +38,9 @@ REPLACED_BY_STUDY = {
     "optimizer.lr": "study.grids.<prompt|finetune>.lrs",
     "optimizer.weight_decay": "study.grids.<prompt|finetune>.weight_decays",
     "train.seed": "study.search.seed / study.final.seeds",
+    "train.eval_every_epochs": "study.search.eval_every_epochs / study.final.eval_every_epochs",
+    "train.curve_every_epochs": "study.final.curve_every_epochs",
+    "train.curve_examples": "study.final.curve_examples",
 }
 
 
@@ -127,6 +130,14 @@ def check_study(study: ml_collections.ConfigDict) -> None:
         raise UserError(f"unknown study strategies {unknown}; use some of: {', '.join(STRATEGIES)}")
     if not study.final.seeds:
         raise UserError("study.final.seeds is empty; the protocol averages over seeds")
+    for name, value in (
+        ("search.eval_every_epochs", study.search.eval_every_epochs),
+        ("final.eval_every_epochs", study.final.eval_every_epochs),
+        ("final.curve_every_epochs", study.final.curve_every_epochs),
+        ("final.curve_examples", study.final.curve_examples),
+    ):
+        if value < 0:
+            raise UserError(f"study.{name} must be >= 0 (0: see its comment), got {value}")
     for name in ("prompt", "finetune"):
         grid = study.grids[name]
         if not grid.lrs or not grid.weight_decays:
@@ -264,4 +275,8 @@ def run_config(study_config: ml_collections.ConfigDict, spec: RunSpec) -> ml_col
         if warmup is not None:
             c.ft_stage.warmup_epochs = warmup
     c.train.seed = spec.seed
+    c.train.eval_every_epochs = phase.eval_every_epochs
+    final = spec.phase == FINAL
+    c.train.curve_every_epochs = study.final.curve_every_epochs if final else 0
+    c.train.curve_examples = study.final.curve_examples if c.train.curve_every_epochs else 0
     return c

@@ -14,8 +14,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vpt_jax.data import ArraySplit, DataSource, padded_batches
+from vpt_jax.data.source import MATERIALIZE_BATCH
 
 DATA_AXIS = "data"
+CURVE_SEED = 20240101  # draws the curve subset: the same examples in every run on a split
 
 
 def make_mesh() -> Mesh:
@@ -45,7 +47,8 @@ class EvalData:
     at every evaluation.
     """
 
-    def __init__(self, name: str, source: DataSource, cache_bytes: int):
+    def __init__(self, name: str, source: DataSource, cache_bytes: int, curve_examples: int = -1):
+        """`curve_examples` >= 0 also draws the curve subset (`curve`; 0: the whole split)."""
         self.name = name
         self.source = source
         size = source.num_examples
@@ -54,6 +57,17 @@ class EvalData:
         if size is not None and size * per_image <= cache_bytes:
             self.cached = source.materialize()
         self._resident: tuple[tuple[int, Mesh], list[dict[str, jax.Array]]] | None = None
+        self.curve: EvalData | None = None  # the fixed subset curves are evaluated on
+        if curve_examples > 0:
+            subset = curve_subset(
+                source if self.cached is None else self.cached, curve_examples, seed=CURVE_SEED
+            )
+            if subset is not None:
+                # Kept on the devices whatever its size: it is evaluated every few epochs.
+                kept = max(cache_bytes, subset.images.nbytes)
+                self.curve = EvalData(name, DataSource.from_arrays(subset), kept)
+        if curve_examples >= 0 and self.curve is None:  # the whole split is the curve
+            self.curve = self
 
     @property
     def resident(self) -> bool:
@@ -81,3 +95,38 @@ class EvalData:
                 "label": global_array(batch.labels.astype(np.int32), sharding),
                 "mask": global_array(batch.mask, sharding),
             }
+
+
+def curve_subset(data: ArraySplit | DataSource, n: int, seed: int) -> ArraySplit | None:
+    """`n` examples of a split drawn without replacement by `seed`, in the split's order; None when
+    the split has at most `n` examples (the whole split is the subset).
+
+    An in-memory split is indexed; a stream is read once and only the drawn examples are kept (a
+    stream of unknown length is counted first, in one more pass).
+    """
+    if isinstance(data, ArraySplit):
+        size = len(data)
+    else:
+        size = data.num_examples
+        if size is None:
+            size = sum(len(labels) for _, labels in data.batches(MATERIALIZE_BATCH))
+    if size <= n:
+        return None
+    chosen = np.sort(np.random.default_rng(seed).choice(size, n, replace=False))
+    if isinstance(data, ArraySplit):
+        return data.subset(chosen, name=f"{data.name}:curve{n}")
+    images, labels, start = [], [], 0
+    for batch_images, batch_labels in data.batches(MATERIALIZE_BATCH):
+        stop = start + len(batch_labels)
+        lo, hi = np.searchsorted(chosen, [start, stop])
+        keep = chosen[lo:hi] - start
+        images.append(np.asarray(batch_images)[keep])
+        labels.append(np.asarray(batch_labels, np.int32)[keep])
+        start = stop
+    return ArraySplit(
+        np.concatenate(images).astype(np.uint8),
+        np.concatenate(labels),
+        data.num_classes,
+        data.class_names,
+        f"{data.name}:curve{n}",
+    )

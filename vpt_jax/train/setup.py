@@ -254,7 +254,8 @@ def open_data(c: ml_collections.ConfigDict, dataset: DatasetName) -> RunData:
         source = get_dataset(dataset, split_name, **options)
         if d.shots and split_name.startswith("val"):  # k-shot selection on k-shot validation
             source = DataSource.from_arrays(few_shot(source.materialize(), d.shots, d.seed + 1))
-        evals.append(feed.EvalData(split_name, source, EVAL_CACHE_BYTES))
+        curve = c.train.curve_examples if c.train.curve_every_epochs else -1
+        evals.append(feed.EvalData(split_name, source, EVAL_CACHE_BYTES, curve))
     _check_fits_in_memory(train_source, d.train_split)
     train = train_source.materialize()
     if train.num_classes < 2 or len(np.unique(train.labels)) < 2:

@@ -2,8 +2,9 @@
 
 A run has one stage (or two for FT-then-PT). A stage trains the strategy's trainable leaves with the
 compiled step of `vpt_jax.train.step`, evaluates after every `eval_every_epochs` epochs and at its
-end, saves its trainable state to orbax checkpoints and appends one record per epoch. Started again
-it resumes from its newest checkpoint; a stage that had finished returns its last record.
+end (and, for loss curves, a fixed subset of each eval split every `curve_every_epochs`), saves its
+trainable state to orbax checkpoints and appends one record per epoch. Started again it resumes
+from its newest checkpoint; a stage that had finished returns its last record.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def train_stage(
         if row is None:  # resume_point only resumes from checkpoints whose epoch is recorded
             raise RuntimeError(f"stage {plan.index} finished but its last epoch has no record")
     checkpoints.close()
-    metrics = {k: v for k, v in row.items() if k.endswith(_METRIC_SUFFIXES)}
+    metrics = {k: v for k, v in row.items() if k.endswith(_METRIC_SUFFIXES) and "_curve_" not in k}
     return jax.device_get(state.params), metrics
 
 
@@ -193,10 +194,7 @@ def _epoch(plan, epoch, state, program, rates: Schedule, checkpoints, ctx: RunCo
         )
     train_seconds = time.time() - epoch_start
     metrics = {"train_loss": train_loss, "train_accuracy": correct / seen}
-    if epoch % settings.eval_every_epochs == 0 or epoch == plan.epochs:
-        eval_program = step.EvalProgram(program.model, program.augmentation.normalization)
-        for data in ctx.evals:
-            metrics.update(evaluate(eval_program, state.params, data, settings, ctx.mesh))
+    metrics.update(_evaluations(plan, epoch, state.params, program, ctx))
     step_count = int(jax.device_get(state.step))
     row = {
         "stage": plan.index,
@@ -218,13 +216,40 @@ def _epoch(plan, epoch, state, program, rates: Schedule, checkpoints, ctx: RunCo
     return state, row
 
 
-def evaluate(program: step.EvalProgram, params, data: feed.EvalData, settings, mesh: Mesh):
-    """`{split}_loss` and `{split}_top1` over every example of an evaluation split."""
+def _evaluations(plan, epoch: int, params, program, ctx: RunContext) -> dict[str, float]:
+    """The evaluations due after an epoch: each eval split in full every `eval_every_epochs`
+    epochs and after the stage's last; its curve subset every `curve_every_epochs` epochs and after
+    the last (`{split}_curve_*`; the full split's numbers where the subset is the whole split)."""
+    settings = ctx.train
+    last = epoch == plan.epochs
+    every, curve_every = settings.eval_every_epochs, settings.curve_every_epochs
+    full_due = last or (every > 0 and epoch % every == 0)
+    curve_due = curve_every > 0 and (last or epoch % curve_every == 0)
+    eval_program = step.EvalProgram(program.model, program.augmentation.normalization)
+    out = {}
+    for data in ctx.evals:
+        if full_due:
+            out.update(evaluate(eval_program, params, data, settings, ctx.mesh))
+        if curve_due and data.curve is not None:
+            if data.curve is data and full_due:
+                found = {k: out[f"{data.name}{k}"] for k in ("_loss", "_top1")}
+            else:
+                found = evaluate(eval_program, params, data.curve, settings, ctx.mesh, "")
+            out.update({f"{data.name}_curve{k}": v for k, v in found.items()})
+    return out
+
+
+def evaluate(
+    program: step.EvalProgram, params, data: feed.EvalData, settings, mesh: Mesh, prefix=None
+):
+    """`{prefix}_loss` and `{prefix}_top1` (prefix: the split's name) over every example of an
+    evaluation split."""
     sums = jax.device_put(jnp.zeros(3, jnp.float32), feed.replicated(mesh))
     for batch in data.batches(settings.eval_batch_size, mesh):
         sums = step.accumulate_eval(sums, params, batch, program=program)
     loss_sum, correct, seen = (float(x) for x in jax.device_get(sums))
-    return {f"{data.name}_loss": loss_sum / seen, f"{data.name}_top1": correct / seen}
+    name = data.name if prefix is None else prefix
+    return {f"{name}_loss": loss_sum / seen, f"{name}_top1": correct / seen}
 
 
 def _checkpoint_tree(state, trainable: Any, epoch: int) -> dict[str, Any]:
