@@ -9,7 +9,7 @@ FT, linear probing, VPT-shallow, VPT-deep and Mixed are compared on three proced
 far from it, `count` and `location`. Protocol as the paper's, scaled down: a 2-point lr grid per
 strategy trained on train160 and scored on val40, the best setting retrained on train160val40 and
 scored on test300 (one seed: the demo trades the std over seeds for time). 45 runs of 10 epochs; about
-8 minutes on 2 CPU cores. Writes runs/demo/report/{results.md, results.csv, loss_curves.png, wins.png}.
+3-5 minutes on 2 CPU cores. Writes runs/demo/report/{results.md, results.csv, loss_curves.png, wins.png}.
 Arguments (comma-separated): `tiny` shrinks everything to a smoke test (used by the test suite);
 `recipe=reference` trains with the official VPT code's recipe instead of the clean one (README,
 "Training recipes"; the demo's grids, batch size and warmup stay the same in both).
