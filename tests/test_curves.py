@@ -135,6 +135,10 @@ def test_the_study_evaluates_search_runs_once_and_draws_curves_for_final_runs():
     assert (f.eval_every_epochs, f.curve_every_epochs, f.curve_examples) == (0, 1, 2000)
     c.study.final.curve_every_epochs = 0  # no curves: no subset either
     assert protocol.run_config(c, final).train.curve_examples == 0
+    c.study.final.curve_examples = -1
+    with pytest.raises(Exception, match=r"study.final.curve_examples must be >= 0 \(0: the whole"):
+        protocol.check_study(c.study)
+    c.study.final.curve_examples = 2000
     c.run.train.eval_every_epochs = 5
     with pytest.raises(Exception, match=r"run.train.eval_every_epochs=5 is replaced"):
         protocol.check_template(c.run, study_config().run)

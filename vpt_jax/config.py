@@ -139,7 +139,7 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-_ZERO_MEANS = {
+ZERO_MEANS = {  # what 0 means in the train fields where 0 is allowed
     "eval_every_epochs": "only after a stage's last epoch",
     "curve_every_epochs": "no curve evaluations",
     "curve_examples": "the whole split",
@@ -190,7 +190,7 @@ def check(c: ml_collections.ConfigDict, num_devices: int) -> None:
     for name in ("eval_every_epochs", "curve_every_epochs", "curve_examples"):
         if c.train[name] < 0:
             raise UserError(
-                f"train.{name} must be >= 0 (0: {_ZERO_MEANS[name]}), got {c.train[name]}"
+                f"train.{name} must be >= 0 (0: {ZERO_MEANS[name]}), got {c.train[name]}"
             )
     if c.train.curve_examples and not c.train.curve_every_epochs:
         raise UserError(

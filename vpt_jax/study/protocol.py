@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import ml_collections
 
+from vpt_jax import config as config_lib
 from vpt_jax import recipe
 from vpt_jax.data import parse_dataset, scaling_splits
 from vpt_jax.errors import UserError
@@ -137,7 +138,8 @@ def check_study(study: ml_collections.ConfigDict) -> None:
         ("final.curve_examples", study.final.curve_examples),
     ):
         if value < 0:
-            raise UserError(f"study.{name} must be >= 0 (0: see its comment), got {value}")
+            means = config_lib.ZERO_MEANS[name.split(".")[1]]
+            raise UserError(f"study.{name} must be >= 0 (0: {means}), got {value}")
     for name in ("prompt", "finetune"):
         grid = study.grids[name]
         if not grid.lrs or not grid.weight_decays:
