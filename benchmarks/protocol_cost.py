@@ -100,19 +100,27 @@ class Measured:
 
 
 def _interpolate(points: dict[int, float], x: int) -> float:
+    if len(points) == 1:  # measured at one token count only (the probes: 197)
+        return next(iter(points.values()))
     (x0, y0), (x1, y1) = sorted(points.items())
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-def measure_model(args, cfg: ViTConfig) -> Measured:
-    """Step and evaluation times per image, at two token counts per kind."""
+def measure_model(args, cfg: ViTConfig, kinds: set[str]) -> Measured:
+    """Step and evaluation times per image, at two token counts per kind (the probe: one).
+
+    `kinds`: the step kinds the projected strategies train (`STAGES`); evaluation is measured
+    with the weights kind, which is always measured.
+    """
     small, large = (1, 200) if not args.smoke else (1, 4)
     cases = {
         ("weights", 0): bench.Variant("full"),
         ("weights", large): bench.Variant("mixed", large),
         ("prompts", small): bench.Variant("vpt_deep", small),
         ("prompts", large): bench.Variant("vpt_deep", large),
+        ("probe", 0): bench.Variant("linear"),  # end to end: the frozen backbone every step
     }
+    cases = {key: v for key, v in cases.items() if key[0] in kinds | {"weights"}}
     train, evals, compile_s = {}, {}, {}
     for (kind, prompts), variant in cases.items():
         start = time.perf_counter()
@@ -218,24 +226,34 @@ POLICIES = {
 }
 
 
+BASE_TOKENS = 197  # ViT-B/16 at 224: the class token and 196 patches
+# Each strategy's stages: (step kind, whether its prompts are in the sequence).
+STAGES = {
+    "full": [("weights", False)],
+    "vpt_deep": [("prompts", True)],
+    "vpt_shallow": [("prompts", True)],
+    "mixed": [("weights", True)],
+    "ft_then_pt": [("weights", False), ("prompts", True)],
+    "linear": [("probe", False)],
+    "mlp": [("probe", False)],
+}
+
+
 def run_cost(m: Measured, decode: dict[str, float], task, strategy: str, final: bool,
-             policy: str, compiles: bool = True) -> Cost:  # fmt: skip
+             policy: str, compiles: bool = True, cached_probes: bool = True) -> Cost:  # fmt: skip
     """Seconds of one run of `strategy` on `task` (a search run, or a final run), evaluating as
     `policy` (`POLICIES`) says.
 
     `compiles`: whether this run compiles its steps. The learning rate and weight decay are
     optimizer state (vpt_jax.train.optimizer), so the runs of one grid, and the seeds of one final
     phase, are one program: the command line's persistent compilation cache compiles it once.
+    `cached_probes`: probes (linear, MLP) compute each split's features once and train the head
+    on them (`train.cache_features`, the default); False: the frozen backbone runs every step and
+    every evaluation (the default before). Their head steps are counted as free (a 768-wide
+    linear or MLP layer against a ViT-B/16 forward pass).
     """
     p = task.prompt_length
-    base = 197
-    stages = {
-        "full": [("weights", base)],
-        "vpt_deep": [("prompts", base + p)],
-        "vpt_shallow": [("prompts", base + p)],
-        "mixed": [("weights", base + p)],
-        "ft_then_pt": [("weights", base), ("prompts", base + p)],
-    }[strategy]
+    stages = [(kind, BASE_TOKENS + p * prompted) for kind, prompted in STAGES[strategy]]
     n_train = FINAL_TRAIN if final else SEARCH_TRAIN
     n_eval = test_size(task) if final else SEARCH_EVAL
     per_decode = decode.get(SOURCE_KIND[task.name], decode["procedural"])
@@ -251,6 +269,13 @@ def run_cost(m: Measured, decode: dict[str, float], task, strategy: str, final: 
             full_evals, curve_images = 0, curve_images
     cost = Cost(runs=1)
     for kind, tokens in stages:
+        if kind == "probe" and cached_probes:  # one forward pass per example of each split
+            cost.train += n_train * (m.eval_s(tokens) + m.preprocess_s)
+            subset = min(n_eval, CURVE_EXAMPLES) if curve_images else 0  # featurised once too
+            cost.eval += (n_eval * (full_evals > 0) + subset) * m.eval_s(tokens)
+            cost.decode += per_decode * (n_train + n_eval * passes)
+            cost.compile += m.compile_s[kind] if compiles else 0.0
+            continue
         cost.train += EPOCHS * n_train * (m.train_s(kind, tokens) + m.preprocess_s)
         cost.eval += (full_evals * n_eval + curve_images) * m.eval_s(tokens)
         cost.decode += per_decode * (n_train + n_eval * passes)
@@ -268,7 +293,7 @@ def grid_points(strategy: str, recipe: str) -> int:
 
 
 def project(m: Measured, decode: dict[str, float], strategies, policy: str,
-            recipe: str = "reference"):  # fmt: skip
+            recipe: str = "reference", cached_probes: bool = True):  # fmt: skip
     seeds = len(PAPER_SEEDS)
     per_task = {}
     for name, task in VTAB_TASKS.items():
@@ -276,9 +301,11 @@ def project(m: Measured, decode: dict[str, float], strategies, policy: str,
         for strategy in strategies:
             grid = grid_points(strategy, recipe)
             for final, runs in ((False, grid), (True, seeds)):
-                total.add(run_cost(m, decode, task, strategy, final, policy))
-                rest = run_cost(m, decode, task, strategy, final, policy, False)
-                total.add(rest, runs - 1)
+                for compiles, times in ((True, 1), (False, runs - 1)):
+                    cost = run_cost(
+                        m, decode, task, strategy, final, policy, compiles, cached_probes
+                    )
+                    total.add(cost, times)
         per_task[name] = total
     return per_task
 
@@ -300,11 +327,17 @@ def print_projection(m: Measured, decode, strategies, batch: int, recipe: str) -
               f"{c.compile / 3600:7.1f} {c.total / 3600:8.1f} | "
               f"{results['every'][name].total / 3600:20.1f} | "
               f"{results['last'][name].total / 3600:9.1f}")  # fmt: skip
-    for policy, label in POLICIES.items():
+    totals = {f"{p} ({label})": results[p] for p, label in POLICIES.items()}
+    if any(STAGES[s][0][0] == "probe" for s in strategies):
+        direct = project(m, decode, strategies, "curves", recipe, cached_probes=False)
+        totals["curves, probes end to end (train.cache_features=False, the default before)"] = (
+            direct
+        )
+    for label, per_task in totals.items():
         total = Cost()
-        for cost in results[policy].values():
+        for cost in per_task.values():
             total.add(cost)
-        print(f"TOTAL {policy} ({label}): {total.runs} runs, {total.total / 3600:,.0f} "
+        print(f"TOTAL {label}: {total.runs} runs, {total.total / 3600:,.0f} "
               f"device-hours ({total.total / 86400:,.1f} days): train {total.train / 3600:,.0f} h, "
               f"eval {total.eval / 3600:,.0f} h, decode {total.decode / 3600:,.0f} h, compile "
               f"{total.compile / 3600:,.1f} h")  # fmt: skip
@@ -354,7 +387,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument(
-        "--strategies", default="full,vpt_deep,mixed,ft_then_pt", help="of Tables 1-2"
+        "--strategies",
+        default="full,vpt_deep,mixed,ft_then_pt",
+        help=f"of Tables 1-2 by default; any of {','.join(STAGES)} (linear,mlp: the probes)",
     )
     parser.add_argument("--allocator", choices=("vpt_jax", "inherit"), default="vpt_jax")
     parser.add_argument(
@@ -366,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
         args.batch, args.eval_batch, args.steps, args.rounds, args.warmup = 2, 2, 1, 1, 0
         args.precision = args.precision.split(",")[0]
     strategies = args.strategies.split(",")
+    unknown = [s for s in strategies if s not in STAGES]
+    if unknown:
+        parser.error(f"unknown strategies {', '.join(unknown)}; use any of {', '.join(STAGES)}")
     print(
         f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"allocator: {bench.allocator_description()}, "
@@ -379,7 +417,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             cfg = ViTConfig.from_variant("B/16", gelu_approximate=False, precision=precision)
         print(f"measuring ViT-B/16 {precision}:" if not args.smoke else f"smoke {precision}:")
-        measured.append(measure_model(args, cfg))
+        kinds = {kind for s in strategies for kind, _ in STAGES[s]}
+        measured.append(measure_model(args, cfg, kinds))
     print_assumptions(args, strategies, decode, measured)
     for m in measured:
         for recipe in args.recipe.split(","):

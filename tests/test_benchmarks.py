@@ -62,10 +62,13 @@ def test_torch_reference_inserts_prompts_like_the_official_code():
 
 
 def test_protocol_cost_smoke(capsys):
-    protocol_cost.main(["--smoke"])
+    protocol_cost.main(["--smoke", "--strategies", "full,vpt_deep,linear"])
     printed = capsys.readouterr().out
     assert "Assumptions:" in printed and "TOTAL curves (search: val200" in printed
     assert "TOTAL every (" in printed and "TOTAL last (" in printed
+    # Probes are projected on cached features, and end to end beside them.
+    assert "TOTAL curves, probes end to end (train.cache_features=False" in printed
+    assert "compile per run: weights" in printed and "prompts" in printed and "probe" in printed
 
 
 def test_test_sizes_come_from_the_vtab_table():
@@ -86,3 +89,12 @@ def test_frechet_smoke(capsys):
     # Both methods agree, and the symmetric one matches the value computed from the features.
     assert all(r["rel_diff"] < 1e-6 and abs(r["symmetric_err"]) < 1e-10 for r in rows)
     assert "ratio" in capsys.readouterr().out
+
+
+def test_gpu_trainer_smoke(capsys):
+    gpu_trainer = importlib.import_module("gpu_trainer")
+    rows = gpu_trainer.main(["--smoke"])
+    assert [r["strategy"] for r in rows] == ["full", "vpt_deep p=2"]
+    assert all(r["images_per_s"] > 0 and r["steps"] >= 4 for r in rows)
+    printed = capsys.readouterr().out
+    assert "trainer end to end, tiny, batch 8:" in printed and "VPT/FT step time" in printed

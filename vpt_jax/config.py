@@ -126,6 +126,10 @@ def base_config() -> ml_collections.ConfigDict:
     # The curve subset: this many examples of each eval split, drawn once by a fixed seed (the same
     # for every strategy and training seed); 0: the whole split.
     c.train.curve_examples = 0  # see above
+    # A stage that trains only the head (linear / MLP probes) on a frozen, deterministic backbone
+    # with no augmentation computes each split's features once and trains the head on them (the
+    # same numbers to float rounding); False: the backbone runs at every step.
+    c.train.cache_features = True  # see above
     c.train.log_every_steps = 0  # also log the running train loss every this many steps; 0: off
     c.train.export_checkpoint = False  # also write checkpoint.npz: the whole model, google layout
     # A workdir holding a run of another config is refused; True renames that run to

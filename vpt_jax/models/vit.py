@@ -179,6 +179,10 @@ class VisionTransformer(nn.Module):
     `logits`. Without a head (`num_classes=None`) the first return value is `pre_logits`.
     `additions` (`vpt_jax.models.additions`) attach at the tokens and attention sites of the encoder
     and at the head site (between `pre_logits` and the head).
+
+    Called with `from_features=True`, the input is a batch of `pre_logits` features `(N, width)`:
+    only the head-site additions and the head run (a probe trained on cached features; the
+    backbone's parameters may be present in the variables and are not read).
     """
 
     config: ViTConfig
@@ -193,8 +197,15 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, images: Array, *, train: bool = False, backbone_train: bool | None = None
+        self,
+        images: Array,
+        *,
+        train: bool = False,
+        backbone_train: bool | None = None,
+        from_features: bool = False,
     ) -> tuple[Array, dict[str, Array]]:
+        if from_features:
+            return self._classify(images.astype(jnp.float32), {})
         cfg = self.config
         backbone_train = train if backbone_train is None else backbone_train
         out: dict[str, Array] = {}
@@ -228,6 +239,11 @@ class VisionTransformer(nn.Module):
         x = x[:, 0].astype(jnp.float32)  # the head runs in float32 in every precision
         if cfg.representation_size is not None:
             x = jnp.tanh(nn.Dense(cfg.representation_size, name="pre_logits")(x))
+        return self._classify(x, out)
+
+    def _classify(self, x: Array, out: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
+        """The head-site additions and the head on the pooled features `x` (float32)."""
+        cfg = self.config
         out["pre_logits"] = x
         for addition in at_site(self.additions, HEAD):
             x = addition(x)

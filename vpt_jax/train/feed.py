@@ -74,16 +74,24 @@ class EvalData:
         """Whether the split is (or will be, at its first evaluation) held on the devices."""
         return self.cached is not None or self._resident is not None
 
-    def batches(self, batch_size: int, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
-        """Padded batches (with a `mask`) as sharded global arrays: each example counted once."""
-        if not self.resident:
-            yield from self._transfer(self.source, batch_size, mesh)
-            return
+    def batches(
+        self, batch_size: int, mesh: Mesh, *, keep: bool = True
+    ) -> Iterator[dict[str, jax.Array]]:
+        """Padded batches (with a `mask`) as sharded global arrays: each example counted once.
+
+        `keep=False` (a split read once) does not make the split resident on the devices.
+        """
         key = (batch_size, mesh)
-        if self._resident is None or self._resident[0] != key:
+        if self._resident is not None and self._resident[0] == key:
+            yield from self._resident[1]
+            return
+        if not self.resident or not keep:
             data = self.cached if self.cached is not None else self.source
-            self._resident = (key, list(self._transfer(data, batch_size, mesh)))
-            self.cached = None  # the host copy is no longer needed
+            yield from self._transfer(data, batch_size, mesh)
+            return
+        data = self.cached if self.cached is not None else self.source
+        self._resident = (key, list(self._transfer(data, batch_size, mesh)))
+        self.cached = None  # the host copy is no longer needed
         yield from self._resident[1]
 
     @staticmethod

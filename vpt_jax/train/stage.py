@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from vpt_jax import faults
 from vpt_jax.data.pipeline import epoch_batch_indices
 from vpt_jax.errors import UserError
-from vpt_jax.train import feed, step
+from vpt_jax.train import features, feed, step
 from vpt_jax.train.checkpoints import StageCheckpoints
 from vpt_jax.train.optimizer import OptimizerSpec, learning_rate
 from vpt_jax.train.records import RunLog
@@ -115,6 +115,8 @@ def train_stage(
     if start:
         state = _restore(checkpoints, start, state, program, rep)
         log.info("resumed stage %d from its epoch-%d checkpoint", plan.index + 1, start)
+    if start < plan.epochs:  # a probe trains on the frozen backbone's features, computed once
+        ctx, program = features.on_features(plan, program, params, ctx)
     row: dict[str, Any] | None = None
     started = time.time()
     for epoch in range(start + 1, plan.epochs + 1):
@@ -225,7 +227,7 @@ def _evaluations(plan, epoch: int, params, program, ctx: RunContext) -> dict[str
     every, curve_every = settings.eval_every_epochs, settings.curve_every_epochs
     full_due = last or (every > 0 and epoch % every == 0)
     curve_due = curve_every > 0 and (last or epoch % curve_every == 0)
-    eval_program = step.EvalProgram(program.model, program.augmentation.normalization)
+    eval_program = program.evaluation()
     out = {}
     for data in ctx.evals:
         if full_due:

@@ -147,6 +147,9 @@ class TrainProgram:
     backbone_train: bool  # whether the backbone's dropout runs
     augmentation: Augmentation
     batch_sharding: NamedSharding
+    # True: the training split holds the frozen backbone's pooled features, not images; only the
+    # head-site additions and the head run (`vpt_jax.train.features`).
+    from_features: bool = False
 
     @classmethod
     def create(cls, model, labels: Mapping[str, Any], **fields: Any) -> TrainProgram:
@@ -159,6 +162,10 @@ class TrainProgram:
         """The optimizer (`lr` and `weight_decay` seed the state `init` creates)."""
         return self.optimizer.build(self.label_tree(), lr, weight_decay)
 
+    def evaluation(self) -> EvalProgram:
+        """The evaluation step's specialisation for this program's model and inputs."""
+        return EvalProgram(self.model, self.augmentation.normalization, self.from_features)
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalProgram:
@@ -166,6 +173,15 @@ class EvalProgram:
 
     model: nn.Module
     normalization: str
+    from_features: bool = False  # batches hold pooled features (see `TrainProgram`)
+
+    def inputs(self) -> tuple[Callable[..., Any], Preprocess | None]:
+        """The model's apply and the preprocessing its inputs get."""
+        if self.from_features:
+            return functools.partial(self.model.apply, from_features=True), None
+        return self.model.apply, functools.partial(
+            preprocess_batch, normalization=self.normalization
+        )
 
 
 @functools.partial(jax.jit, static_argnames="program", donate_argnums=(0, 1))
@@ -184,20 +200,26 @@ def train_on_indices(state, sums, train_arrays, indices, mask, *, program: Train
     aug_rng = jax.random.fold_in(state.rng, 1)
     aug = program.augmentation
     batch = {"image": gather(train_arrays["image"]), "label": gather(train_arrays["label"])}
-    state, metrics = train_step(
-        state,
-        dict(batch, mask=mask),
-        apply_fn=program.model.apply,
-        tx=program.tx(),
-        labels=program.label_tree(),
-        backbone_train=program.backbone_train,
-        preprocess=lambda images: preprocess_batch(
+    apply_fn, preprocess = (
+        program.model.apply,
+        lambda images: preprocess_batch(
             images,
             rng=aug_rng,
             normalization=aug.normalization,
             flip=aug.flip,
             crop_padding=aug.crop_padding,
         ),
+    )
+    if program.from_features:
+        apply_fn, preprocess = program.evaluation().inputs()
+    state, metrics = train_step(
+        state,
+        dict(batch, mask=mask),
+        apply_fn=apply_fn,
+        tx=program.tx(),
+        labels=program.label_tree(),
+        backbone_train=program.backbone_train,
+        preprocess=preprocess,
     )
     n = jnp.sum(mask.astype(jnp.float32))
     return state, sums + jnp.stack([metrics["loss"] * n, metrics["accuracy"] * n, n])
@@ -206,6 +228,18 @@ def train_on_indices(state, sums, train_arrays, indices, mask, *, program: Train
 @functools.partial(jax.jit, static_argnames="program", donate_argnums=(0,))
 def accumulate_eval(sums, params, batch, *, program: EvalProgram):
     """Adds a padded batch's `(loss sum, correct, count)` to `sums`."""
-    preprocess = functools.partial(preprocess_batch, normalization=program.normalization)
-    out = eval_step(params, batch, apply_fn=program.model.apply, preprocess=preprocess)
+    apply_fn, preprocess = program.inputs()
+    out = eval_step(params, batch, apply_fn=apply_fn, preprocess=preprocess)
     return sums + jnp.stack([out["loss_sum"], out["correct"], out["count"]])
+
+
+@functools.partial(jax.jit, static_argnames=("program", "sharding"))
+def pooled_features(params, images, indices, *, program: EvalProgram, sharding: NamedSharding):
+    """The model's `pre_logits` (what its head site reads) of `images[indices]` (all images when
+    `indices` is None), computed deterministically as in evaluation; sharded over the batch."""
+    images = images if indices is None else images[indices]
+    images = jax.lax.with_sharding_constraint(images, sharding)
+    _, out = program.model.apply(
+        {"params": params}, preprocess_batch(images, normalization=program.normalization)
+    )
+    return out["pre_logits"]

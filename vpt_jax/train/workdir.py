@@ -26,6 +26,7 @@ _NON_SEMANTIC = {
     ("train", "log_every_steps"),
     ("train", "checkpoint_every_epochs"),
     ("train", "move_aside_other_run"),
+    ("train", "cache_features"),  # the same numbers to float rounding
 }
 MOVE_ASIDE = "--config.train.move_aside_other_run=True"
 
