@@ -34,6 +34,7 @@ DEV = [
     "timm==1.0.31",
     "pytorch-fid==0.3.0",
     "captum==0.9.0",
+    "scikit-learn==1.9.1",  # real handwritten digits for the end-to-end data test
     "nbclient",
     "nbformat",
     "ipykernel",

@@ -273,7 +273,9 @@ def run_cost(m: Measured, decode: dict[str, float], task, strategy: str, final: 
             cost.train += n_train * (m.eval_s(tokens) + m.preprocess_s)
             subset = min(n_eval, CURVE_EXAMPLES) if curve_images else 0  # featurised once too
             cost.eval += (n_eval * (full_evals > 0) + subset) * m.eval_s(tokens)
-            cost.decode += per_decode * (n_train + n_eval * passes)
+            # read once for its features (and once more to draw a curve subset from a stream)
+            reads = 2 if subset and not cached and n_eval > CURVE_EXAMPLES else 1
+            cost.decode += per_decode * (n_train + n_eval * reads)
             cost.compile += m.compile_s[kind] if compiles else 0.0
             continue
         cost.train += EPOCHS * n_train * (m.train_s(kind, tokens) + m.preprocess_s)

@@ -51,7 +51,7 @@ def _allocator_from_argv(argv: list[str]) -> str:
 
 # Both frameworks run in this process under the allocator settings vpt_jax's command line uses
 # (vpt_jax/runtime.py); `--allocator inherit` keeps the caller's (e.g. VPT_JAX_ALLOCATOR=system).
-_SCRIPTS = ("train_step.py", "protocol_cost.py", "gpu_trainer.py")
+_SCRIPTS = ("train_step.py", "protocol_cost.py", "gpu_trainer.py", "probes.py")
 _AS_SCRIPT = os.path.basename(sys.argv[0]) in _SCRIPTS
 if _AS_SCRIPT and _allocator_from_argv(sys.argv[1:]) == "vpt_jax":
     use_fast_allocator()  # re-executes before JAX starts its threads

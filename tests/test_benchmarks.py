@@ -98,3 +98,11 @@ def test_gpu_trainer_smoke(capsys):
     assert all(r["images_per_s"] > 0 and r["steps"] >= 4 for r in rows)
     printed = capsys.readouterr().out
     assert "trainer end to end, tiny, batch 8:" in printed and "VPT/FT step time" in printed
+
+
+def test_probes_smoke(capsys):
+    probes = importlib.import_module("probes")
+    cached, direct = probes.main(["--smoke"])
+    assert cached["cache_features"] and not direct["cache_features"]
+    assert cached["final"] == pytest.approx(direct["final"], rel=1e-5)
+    assert "ratio (end to end / cached)" in capsys.readouterr().out

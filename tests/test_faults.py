@@ -200,8 +200,11 @@ def test_a_study_killed_in_any_window_completes_with_the_uninterrupted_report(
     tmp_path, study_base, study_reference, point
 ):
     _killed_at(point, _study_cmd(tmp_path, study_base))
-    _finish_study(tmp_path, study_base)
+    finished = sum("result.json" in files for _, _, files in os.walk(tmp_path / "runs"))
+    proc = _finish_study(tmp_path, study_base)
     assert _report(tmp_path) == study_reference
+    # The restart does only what was not finished (2 grid runs and 1 final run in all).
+    assert proc.stdout.count("known runs done]") == 3 - finished
     assert not [n for n in os.listdir(tmp_path / "claims")]  # no claim, temp or stale file left
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -173,42 +172,19 @@ def _finals(workdir):
     }
 
 
-def test_killed_study_restarts_without_redoing_and_two_workers_share_one(tmp_path, base):
+def test_two_workers_on_one_study_do_every_run_once_with_one_workers_results(tmp_path, base):
+    # Kills and restarts (nothing finished redone, the same report) are tests/test_faults.py's.
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     reference = subprocess.run(
         _study_cmd(tmp_path / "ref", base), cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert reference.returncode == 0, reference.stderr[-2000:]
-
-    # 2 grid runs (lr 0.5 x wd {0, 0.001}) and 1 final run. Kill the worker in its third run.
-    proc = subprocess.Popen(
-        _study_cmd(tmp_path / "killed", base), cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
-    )
-    started = 0
-    for line in proc.stdout:
-        started += "known runs done]" in line
-        if started == 3 and " epoch 1/" in line:
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    done_before = {
-        s["phase"] + str(sorted(s.items())) for s, _ in read_records_done(tmp_path / "killed")
-    }
-    assert len(done_before) == 2
-    restarted = subprocess.run(
-        _study_cmd(tmp_path / "killed", base), cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert restarted.returncode == 0, restarted.stderr[-2000:]
-    assert restarted.stdout.count("known runs done]") == 1  # nothing finished is redone
-    assert _run_ids(tmp_path / "killed") == _run_ids(tmp_path / "ref")
-    assert _finals(tmp_path / "killed") == pytest.approx(_finals(tmp_path / "ref"), rel=1e-6)
-
-    # Two workers on one directory: every run done exactly once.
+    # 2 grid runs (lr 0.5 x wd {0, 0.001}) and 1 final run, shared by two workers.
     outputs = _workers([_study_cmd(tmp_path / "shared", base)] * 2)
     assert sum(out.count("known runs done]") for out in outputs) == 3
     assert all(out.count("known runs done]") >= 1 for out in outputs)
     assert _run_ids(tmp_path / "shared") == _run_ids(tmp_path / "ref")
+    assert _finals(tmp_path / "shared") == pytest.approx(_finals(tmp_path / "ref"), rel=1e-6)
 
 
 def _workers(commands):
@@ -221,14 +197,6 @@ def _workers(commands):
     outputs = [p.communicate()[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     return outputs
-
-
-def read_records_done(workdir):
-    out = []
-    for root, _, files in os.walk(os.path.join(workdir, "runs")):
-        if "study_run.json" in files and "result.json" in files:
-            out.append((_load(root, "study_run.json"), None))
-    return out
 
 
 def test_ft_then_pt_waits_for_and_inherits_the_selected_ft_setting(tmp_path, base):
