@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/probes.py                      # the demo backbone, 800 images
     .venv/bin/python benchmarks/probes.py --strategy mlp --epochs 50
+    .venv/bin/python benchmarks/probes.py --variant Ti/16 --image-size 112 --epochs 10
     .venv/bin/python benchmarks/probes.py --checkpoint ViT-B_16.npz --image-size 224
     .venv/bin/python benchmarks/probes.py --smoke              # tiny, one epoch (tests)
 
 Both runs are `vpt_jax.train.run.train_and_evaluate` on the same config (procedural data, the
-backbone of `--checkpoint`: by default the demo's shipped ViT), once with
+backbone of `--checkpoint`: by default the demo's shipped ViT; `--variant` writes a randomly
+initialised one of that size, as the time does not depend on the weights), once with
 `train.cache_features=True` (the default: the frozen backbone's features of each split computed
 once, the head trained on them) and once with `False` (the backbone at every step and every
 evaluation). It prints each run's wall time, the ratio, and the largest difference between the
@@ -61,6 +63,7 @@ def config(args, checkpoint: str, cache: bool):
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=DEMO_CHECKPOINT)
+    parser.add_argument("--variant", default="", help="e.g. Ti/16: a random backbone of this size")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--task", default="objects")
     parser.add_argument("--strategy", default="linear", choices=("linear", "mlp"))
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             args.batch, args.eval_batch = 8, 8
             cfg = ViTConfig(**bench.SMOKE_CONFIG)
             checkpoint = os.path.join(tmp, "tiny.npz")
+            save_npz(checkpoint, init_params(VisionTransformer(cfg, 3), 0))
+        elif args.variant:
+            cfg = ViTConfig.from_variant(args.variant, image_size=args.image_size)
+            checkpoint = os.path.join(tmp, f"random_{args.variant.replace('/', '_')}.npz")
             save_npz(checkpoint, init_params(VisionTransformer(cfg, 3), 0))
         print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); {args.strategy} "
               f"probe on {os.path.basename(checkpoint)} at {args.image_size} px, procedural:"

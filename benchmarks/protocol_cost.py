@@ -240,17 +240,20 @@ STAGES = {
 
 
 def run_cost(m: Measured, decode: dict[str, float], task, strategy: str, final: bool,
-             policy: str, compiles: bool = True, cached_probes: bool = True) -> Cost:  # fmt: skip
+             policy: str, compiles: bool = True, probes: str = "shared",
+             featurised: bool = False) -> Cost:  # fmt: skip
     """Seconds of one run of `strategy` on `task` (a search run, or a final run), evaluating as
     `policy` (`POLICIES`) says.
 
     `compiles`: whether this run compiles its steps. The learning rate and weight decay are
     optimizer state (vpt_jax.train.optimizer), so the runs of one grid, and the seeds of one final
     phase, are one program: the command line's persistent compilation cache compiles it once.
-    `cached_probes`: probes (linear, MLP) compute each split's features once and train the head
-    on them (`train.cache_features`, the default); False: the frozen backbone runs every step and
-    every evaluation (the default before). Their head steps are counted as free (a 768-wide
-    linear or MLP layer against a ViT-B/16 forward pass).
+    `probes` (`PROBES`): how probes (linear, MLP) run. `shared` and `per_run` compute each
+    split's features once and train the head on them (`train.cache_features`); `end_to_end` runs
+    the frozen backbone every step and every evaluation. `featurised`: this run finds its features
+    kept by an earlier run of the worker's process (`shared`: every run of a task and phase after
+    the first). Head steps on features are counted as free (a 768-wide linear or MLP layer against
+    a ViT-B/16 forward pass).
     """
     p = task.prompt_length
     stages = [(kind, BASE_TOKENS + p * prompted) for kind, prompted in STAGES[strategy]]
@@ -269,14 +272,19 @@ def run_cost(m: Measured, decode: dict[str, float], task, strategy: str, final: 
             full_evals, curve_images = 0, curve_images
     cost = Cost(runs=1)
     for kind, tokens in stages:
-        if kind == "probe" and cached_probes:  # one forward pass per example of each split
-            cost.train += n_train * (m.eval_s(tokens) + m.preprocess_s)
+        if kind == "probe" and probes != "end_to_end":
             subset = min(n_eval, CURVE_EXAMPLES) if curve_images else 0  # featurised once too
-            cost.eval += (n_eval * (full_evals > 0) + subset) * m.eval_s(tokens)
-            # read once for its features (and once more to draw a curve subset from a stream)
-            reads = 2 if subset and not cached and n_eval > CURVE_EXAMPLES else 1
-            cost.decode += per_decode * (n_train + n_eval * reads)
+            # Every run reads its training split and draws its curve subset (from a stream: one
+            # pass); a split kept decoded is decoded at the run's start.
+            draws = subset and not cached and n_eval > CURVE_EXAMPLES
+            cost.decode += per_decode * (n_train + n_eval * (cached or draws))
             cost.compile += m.compile_s[kind] if compiles else 0.0
+            if featurised and probes == "shared":
+                continue
+            # one forward pass per example of each split (a stream is read once more for it)
+            cost.train += n_train * (m.eval_s(tokens) + m.preprocess_s)
+            cost.eval += (n_eval * (full_evals > 0) + subset) * m.eval_s(tokens)
+            cost.decode += per_decode * n_eval * (not cached)
             continue
         cost.train += EPOCHS * n_train * (m.train_s(kind, tokens) + m.preprocess_s)
         cost.eval += (full_evals * n_eval + curve_images) * m.eval_s(tokens)
@@ -294,20 +302,33 @@ def grid_points(strategy: str, recipe: str) -> int:
     return len(lrs) * len(wds)
 
 
+PROBES = {
+    "shared": "probes on features computed once per task and phase, shared by its runs "
+    "(train.cache_features, the default; one worker process)",
+    "per_run": "probes on features computed once per run",
+    "end_to_end": "probes end to end (train.cache_features=False, the default before)",
+}
+
+
 def project(m: Measured, decode: dict[str, float], strategies, policy: str,
-            recipe: str = "reference", cached_probes: bool = True):  # fmt: skip
+            recipe: str = "reference", probes: str = "shared"):  # fmt: skip
     seeds = len(PAPER_SEEDS)
     per_task = {}
     for name, task in VTAB_TASKS.items():
         total = Cost()
+        featurised = set()  # phases of this task whose probe features a worker holds
         for strategy in strategies:
             grid = grid_points(strategy, recipe)
+            probe = STAGES[strategy][0][0] == "probe"
             for final, runs in ((False, grid), (True, seeds)):
                 for compiles, times in ((True, 1), (False, runs - 1)):
+                    held = final in featurised
                     cost = run_cost(
-                        m, decode, task, strategy, final, policy, compiles, cached_probes
+                        m, decode, task, strategy, final, policy, compiles, probes, held
                     )
                     total.add(cost, times)
+                    if probe:
+                        featurised.add(final)
         per_task[name] = total
     return per_task
 
@@ -331,10 +352,8 @@ def print_projection(m: Measured, decode, strategies, batch: int, recipe: str) -
               f"{results['last'][name].total / 3600:9.1f}")  # fmt: skip
     totals = {f"{p} ({label})": results[p] for p, label in POLICIES.items()}
     if any(STAGES[s][0][0] == "probe" for s in strategies):
-        direct = project(m, decode, strategies, "curves", recipe, cached_probes=False)
-        totals["curves, probes end to end (train.cache_features=False, the default before)"] = (
-            direct
-        )
+        for probes, label in list(PROBES.items())[1:]:
+            totals[f"curves, {label}"] = project(m, decode, strategies, "curves", recipe, probes)
     for label, per_task in totals.items():
         total = Cost()
         for cost in per_task.values():

@@ -30,7 +30,15 @@ import tiny as tiny_cli_config  # noqa: E402
 
 TINY = ViTConfig(patch_size=4, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64, image_size=16)
 METRICS = ("_loss", "_top1", "_accuracy")
-CACHED = "computed once; the head trains on them"
+CACHED = "; the head trains on them"
+COMPUTED, REUSED = "examples computed once;", "examples reused from an earlier run of this process;"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_features():
+    features.clear()  # each test starts with no features kept from another test's runs
+    yield
+    features.clear()
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +120,33 @@ def test_streamed_evaluation_splits_are_featurised_as_they_stream(
     monkeypatch.setattr(feed.EvalData, "batches", real)
     run.train_and_evaluate(_config(checkpoint, "linear", False), direct)
     _assert_same_run(cached, direct, checkpoint)
+
+
+def test_runs_of_one_process_share_features_only_where_they_are_the_same(
+    tmp_path, checkpoint, caplog
+):
+    caplog.set_level(logging.INFO, logger="vpt_jax")
+
+    def cached_run(name, strategy="linear", base=checkpoint, lr=2.0, **data):
+        c = _config(base, strategy, True)
+        c.optimizer.lr = lr
+        for field, value in data.items():
+            c.data[field] = value
+        caplog.clear()
+        run.train_and_evaluate(c, str(tmp_path / name))
+        return REUSED in caplog.text, COMPUTED in caplog.text
+
+    assert cached_run("first") == (False, True)
+    assert cached_run("other_lr", lr=0.5) == (True, False)  # a grid's next point
+    assert cached_run("mlp", strategy="mlp") == (True, False)  # another head on one backbone
+    assert cached_run("other_split", train_split="train48") == (False, True)
+    other = str(tmp_path / "other.npz")  # same shapes, other weights
+    save_npz(other, init_params(VisionTransformer(TINY, 7), 4))
+    assert cached_run("other_weights", base=other) == (False, True)
+    # A run on reused features ends as its end-to-end twin.
+    direct = _config(checkpoint, "mlp", False)
+    run.train_and_evaluate(direct, str(tmp_path / "mlp_direct"))
+    _assert_same_run(str(tmp_path / "mlp"), str(tmp_path / "mlp_direct"), checkpoint)
 
 
 def test_a_resumed_cached_run_ends_as_an_uninterrupted_one(tmp_path, checkpoint):

@@ -10,6 +10,7 @@ not redone.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -110,6 +111,10 @@ def _context(c, setup: RunSetup, data: RunData, mesh, workdir: str) -> RunContex
         workdir=workdir,
         log=records.RunLog(workdir, resume_point(workdir, len(setup.stages)), writes=writes),
         num_stages=len(setup.stages),
+        data_key=json.dumps(
+            {"data": records.jsonable(c.data.to_dict()), "image_size": c.model.image_size},
+            sort_keys=True,
+        ),
     )
 
 

@@ -60,6 +60,8 @@ class RunContext:
     log: RunLog
     num_stages: int
     should_stop: Callable[[], bool] = lambda: False  # checked before every epoch
+    # The run's data settings; stages with equal ones share cached probe features (features.py).
+    data_key: str = ""
 
     def checkpoint_dir(self, index: int) -> str:
         return os.path.join(self.workdir, "checkpoints", f"stage{index}")
