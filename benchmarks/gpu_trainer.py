@@ -13,8 +13,9 @@ epochs after the first, from the run's own records), the first epoch's seconds (
 included), MFU against the device's dense bf16/TF32 peak (`train_step.py`'s analytic FLOPs: 3F per
 image when weights train, 2F for VPT), and the VPT-deep/FT step-time ratio. Then, unless
 `--no-train-step`, `train_step.py`'s GPU rows (vpt_jax's step against torch eager and
-`torch.compile`, batches 64 and 128). A grid batched into one program (issue 20) is not built, so
-it has no row here.
+`torch.compile`, batches 64 and 128). Then, unless `--grid-members 0`, the batched grid
+(`vpt_jax.train.grid`): VPT-deep and FT steps of `--grid-members` runs trained together (the
+single-run step vmapped over stacked trainable state) against one run's step, in member images/s.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ from vpt_jax.models.vit import ViTConfig  # noqa: E402
 from vpt_jax.train import records, run  # noqa: E402
 
 STRATEGIES = ("full", "vpt_deep")
+
+
+def model_config(args, precision: str) -> ViTConfig:
+    """The backbone the cases train (exact GELU, as the paper's runs)."""
+    if args.smoke:
+        return ViTConfig(**bench.SMOKE_CONFIG, gelu_approximate=False, precision=precision)
+    return ViTConfig.from_variant(args.model, gelu_approximate=False, precision=precision)
 
 
 def run_case(args, precision: str, strategy: str, workdir: str) -> dict:
@@ -89,11 +97,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--train-images", type=int, default=640)
     parser.add_argument("--prompts", type=int, default=50, help="VPT-deep prompt length p")
     parser.add_argument("--no-train-step", action="store_true", help="skip train_step.py's rows")
+    parser.add_argument("--grid-members", type=int, default=4, help="0: no batched-grid rows")
     parser.add_argument("--smoke", action="store_true", help="tiny model, a few steps (tests)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.batch, args.steps, args.train_images, args.prompts = 8, 4, 16, 2
-        args.precision, args.no_train_step = "float32", True
+        args.precision, args.no_train_step, args.grid_members = "float32", True, 2
     logging.getLogger("vpt_jax").setLevel(logging.WARNING)
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})")
     if jax.default_backend() != "gpu" and not args.smoke:
@@ -115,10 +124,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{ratio:.2f}")  # fmt: skip
     if rows and rows[0]["peak_source"]:
         print(f"MFU against the {rows[0]['peak_source']} dense peak")
+    if args.grid_members > 1:
+        grid_rows(args)
     if not args.no_train_step:
         print("\ntrain_step.py (the step alone, against torch eager and torch.compile):")
         bench.main(["--variants", f"full,vpt_deep:{args.prompts},mixed:{args.prompts}"])
     return rows
+
+
+def grid_rows(args) -> None:
+    """A grid's runs trained together (vpt_jax.train.grid) against one run, step for step."""
+    n = args.grid_members
+    print(f"\nbatched grid: {n} runs trained together vs one run, batch {args.batch} each:")
+    print(f"{'precision':9} {'strategy':14} {'one run img/s':>14} {'together, per run':>18} "
+          f"{'gain':>6}")  # fmt: skip
+    for precision in args.precision.split(","):
+        cfg = model_config(args, precision)
+        for variant in (bench.Variant("vpt_deep", args.prompts), bench.Variant("full")):
+            single, _, _, _ = bench.jax_runner(cfg, variant, args.batch, args.batch)
+            together, _ = bench.grid_runner(cfg, variant, args.batch, n)
+            steps = 2 if args.smoke else 10
+            times, _ = bench.alternate({"one": single, "grid": together}, steps, 3, 1)
+            one, per_run = args.batch / times["one"], args.batch / times["grid"]
+            print(f"{precision:9} {variant.label:14} {one:14.1f} {per_run:18.1f} "
+                  f"{per_run * n / one:5.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -91,6 +91,11 @@ class Measured:
     eval: dict[int, float]  # tokens -> s per evaluated image
     compile_s: dict[str, float]  # weights|prompts -> s per run (train + eval step)
     preprocess_s: float  # on-device gather + normalisation, per training image
+    # weights|prompts -> a grid step's time per member image over a single run's per image, with
+    # `grid_members` runs trained together (vpt_jax.train.grid), and its compile seconds
+    grid_factor: dict[str, float] = dataclasses.field(default_factory=dict)
+    grid_compile_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    grid_members: int = 0
 
     def train_s(self, kind: str, tokens: int) -> float:
         return _interpolate({t: v for (k, t), v in self.train.items() if k == kind}, tokens)
@@ -140,7 +145,35 @@ def measure_model(args, cfg: ViTConfig, kinds: set[str]) -> Measured:
             f"img/s, {args.eval_batch / times['eval']:8.2f} eval img/s",
             flush=True,
         )
-    return Measured(cfg.precision, train, evals, compile_s, measure_preprocess(args, cfg))
+    measured = Measured(cfg.precision, train, evals, compile_s, measure_preprocess(args, cfg))
+    if args.grid_members > 1:
+        measure_grid(args, cfg, kinds, measured)
+    return measured
+
+
+def measure_grid(args, cfg: ViTConfig, kinds: set[str], m: Measured) -> None:
+    """A grid step of `--grid-members` runs trained together, per member image, against the
+    single-run step at the same tokens (weights: FT; prompts: VPT-deep at the small count)."""
+    small = 1
+    cases = {
+        "weights": (bench.Variant("full"), 0),
+        "prompts": (bench.Variant("vpt_deep", small), small),
+    }
+    m.grid_members = args.grid_members
+    for kind, (variant, prompts) in cases.items():
+        if kind not in kinds:
+            continue
+        run_train, compile_s = bench.grid_runner(cfg, variant, args.batch, args.grid_members)
+        times, _ = bench.alternate({"grid": run_train}, args.steps, args.rounds, args.warmup)
+        per_image = times["grid"] / (args.batch * args.grid_members)
+        single = m.train[(kind, 1 + cfg.num_patches + prompts)]
+        m.grid_factor[kind], m.grid_compile_s[kind] = per_image / single, compile_s
+        print(
+            f"  {variant.label:15} {args.grid_members} runs together: "
+            f"{args.batch * args.grid_members / times['grid']:8.2f} member img/s "
+            f"({m.grid_factor[kind]:.2f}x a single run's time per image)",
+            flush=True,
+        )
 
 
 def measure_preprocess(args, cfg: ViTConfig) -> float:
@@ -310,8 +343,29 @@ PROBES = {
 }
 
 
+def batched_cost(m: Measured, one: Cost, strategy: str, runs: int) -> Cost | None:
+    """`runs` runs of one phase trained together in chunks of `m.grid_members`
+    (vpt_jax.train.grid), from one run's cost without its compile (`one`); None where the grid
+    path does not apply (probes on shared features: their head steps are counted free; two-stage
+    strategies train one at a time)."""
+    kind = STAGES[strategy][0][0]
+    if m.grid_members < 2 or len(STAGES[strategy]) > 1 or kind not in m.grid_factor:
+        return None
+    size = min(m.grid_members, runs)
+    chunks = -(-runs // size)
+    sizes = {size, runs - (chunks - 1) * size}  # a last, smaller chunk compiles once more
+    factor = m.grid_factor[kind]
+    return Cost(
+        train=one.train * factor * runs,
+        eval=one.eval * factor * runs,  # assumed: evaluation batches as training does
+        decode=one.decode * chunks,  # a chunk reads its splits once
+        compile=m.grid_compile_s[kind] * len(sizes),
+        runs=runs,
+    )
+
+
 def project(m: Measured, decode: dict[str, float], strategies, policy: str,
-            recipe: str = "reference", probes: str = "shared"):  # fmt: skip
+            recipe: str = "reference", probes: str = "shared", grids: bool = False):  # fmt: skip
     seeds = len(PAPER_SEEDS)
     per_task = {}
     for name, task in VTAB_TASKS.items():
@@ -321,6 +375,12 @@ def project(m: Measured, decode: dict[str, float], strategies, policy: str,
             grid = grid_points(strategy, recipe)
             probe = STAGES[strategy][0][0] == "probe"
             for final, runs in ((False, grid), (True, seeds)):
+                if grids:
+                    one = run_cost(m, decode, task, strategy, final, policy, False, probes)
+                    batched = batched_cost(m, one, strategy, runs)
+                    if batched is not None:
+                        total.add(batched)
+                        continue
                 for compiles, times in ((True, 1), (False, runs - 1)):
                     held = final in featurised
                     cost = run_cost(
@@ -354,6 +414,11 @@ def print_projection(m: Measured, decode, strategies, batch: int, recipe: str) -
     if any(STAGES[s][0][0] == "probe" for s in strategies):
         for probes, label in list(PROBES.items())[1:]:
             totals[f"curves, {label}"] = project(m, decode, strategies, "curves", recipe, probes)
+    if m.grid_members > 1:
+        label = (
+            f"curves, grids and seeds trained {m.grid_members} runs at a time (study.batch_runs)"
+        )
+        totals[label] = project(m, decode, strategies, "curves", recipe, grids=True)
     for label, per_task in totals.items():
         total = Cost()
         for cost in per_task.values():
@@ -394,6 +459,16 @@ def print_assumptions(args, strategies, decode, measured: list[Measured]) -> Non
             f"{m.precision}: on-device gather+normalise {m.preprocess_s * 1e3:.2f} ms/img; "
             f"compile per run: {', '.join(f'{k} {v:.0f} s' for k, v in m.compile_s.items())}"
         )
+        if m.grid_members > 1:
+            lines.append(
+                f"{m.precision}: {m.grid_members} runs trained together (vpt_jax.train.grid): time "
+                "per member image against one run's: "
+                + ", ".join(f"{k} {v:.2f}x" for k, v in m.grid_factor.items())
+                + "; compile "
+                + ", ".join(f"{k} {v:.0f} s" for k, v in m.grid_compile_s.items())
+                + "; a chunk reads its splits once; FT-then-PT and probes on shared features "
+                "are projected one run at a time"
+            )
     for line in lines:
         print(f"- {line}")
 
@@ -416,6 +491,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--recipe", default="reference,clean", help="projections for these training recipes"
     )
+    parser.add_argument(
+        "--grid-members", type=int, default=8 if gpu else 2,
+        help="runs trained together in the batched-grid projection (0: not measured)",
+    )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny model, one step (tests)")
     args = parser.parse_args(argv)
     if args.smoke:

@@ -51,7 +51,7 @@ def _allocator_from_argv(argv: list[str]) -> str:
 
 # Both frameworks run in this process under the allocator settings vpt_jax's command line uses
 # (vpt_jax/runtime.py); `--allocator inherit` keeps the caller's (e.g. VPT_JAX_ALLOCATOR=system).
-_SCRIPTS = ("train_step.py", "protocol_cost.py", "gpu_trainer.py", "probes.py")
+_SCRIPTS = ("train_step.py", "protocol_cost.py", "gpu_trainer.py", "probes.py", "grid.py")
 _AS_SCRIPT = os.path.basename(sys.argv[0]) in _SCRIPTS
 if _AS_SCRIPT and _allocator_from_argv(sys.argv[1:]) == "vpt_jax":
     use_fast_allocator()  # re-executes before JAX starts its threads
@@ -67,7 +67,7 @@ from vpt_jax.models.precision import resolve  # noqa: E402
 from vpt_jax.models.vit import ViTConfig, init_params  # noqa: E402
 from vpt_jax.train.optimizer import make_optimizer  # noqa: E402
 from vpt_jax.train.step import TrainState, eval_step, train_step  # noqa: E402
-from vpt_jax.tuning.rules import label_tree  # noqa: E402
+from vpt_jax.tuning.rules import label_tree, merge, split  # noqa: E402
 from vpt_jax.tuning.strategies import get_strategy  # noqa: E402
 
 NUM_CLASSES = 100
@@ -174,6 +174,52 @@ def jax_runner(cfg: ViTConfig, variant: Variant, batch: int, eval_batch: int):
         jax.block_until_ready(out)
 
     return train, run_eval, compile_s, traces
+
+
+def grid_runner(cfg: ViTConfig, variant: Variant, batch: int, members: int):
+    """(train(n), compile seconds) for `members` runs of one variant trained together as
+    `vpt_jax.train.grid` trains them: the single-run step vmapped over stacked trainable leaves,
+    optimizer states and keys, the frozen leaves held once; every member sees the same batch."""
+    strategy = get_strategy(variant.strategy, num_prompts=variant.prompts)
+    model = strategy.build_model(cfg, NUM_CLASSES)
+    params = init_params(model, 0)
+    labels = label_tree(params, strategy.rules)
+    tx = make_optimizer(labels, name=strategy.optimizer, lr=1e-3, weight_decay=1e-4)
+    trainable, frozen = split(params, labels)
+    opt_state = tx.init(params)
+    stack = lambda tree: jax.tree_util.tree_map(lambda x: jnp.stack([x] * members), tree)
+    keys = jax.random.split(jax.random.key(0), members)
+
+    def grid_step(stacked, data):
+        def one(trainable, opt_state, rng):
+            state = TrainState(jnp.zeros((), jnp.int32), merge(trainable, frozen), opt_state, rng)
+            state, metrics = train_step(
+                state, data, apply_fn=model.apply, tx=tx, labels=labels,
+                backbone_train=strategy.backbone_dropout,
+            )  # fmt: skip
+            return (split(state.params, labels)[0], state.opt_state, state.rng), metrics["loss"]
+
+        return jax.vmap(one)(*stacked)
+
+    step = jax.jit(grid_step, donate_argnums=(0,))
+    rng = np.random.default_rng(0)
+    size = cfg.image_size
+    data = {
+        "image": jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)),
+        "label": jnp.asarray(rng.integers(0, NUM_CLASSES, batch).astype(np.int32)),
+    }
+    state = [(stack(trainable), stack(opt_state), keys)]
+    start = time.perf_counter()
+    state[0], loss = step(state[0], data)
+    jax.block_until_ready(loss)
+    compile_s = time.perf_counter() - start
+
+    def train(n: int) -> None:
+        for _ in range(n):
+            state[0], out = step(state[0], data)
+        jax.block_until_ready(out)
+
+    return train, compile_s
 
 
 # ------------------------------------------------------------------------------------------------

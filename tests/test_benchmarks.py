@@ -69,6 +69,16 @@ def test_protocol_cost_smoke(capsys):
     # Probes are projected on cached features, and end to end beside them.
     assert "TOTAL curves, probes end to end (train.cache_features=False" in printed
     assert "compile per run: weights" in printed and "prompts" in printed and "probe" in printed
+    # Grids and seeds trained together (vpt_jax.train.grid): measured, then projected.
+    assert "2 runs together:" in printed and "runs trained together (vpt_jax.train.grid)" in printed
+    assert "TOTAL curves, grids and seeds trained 2 runs at a time (study.batch_runs)" in printed
+
+
+def test_grid_smoke(capsys):
+    grid_bench = importlib.import_module("grid")
+    single, together, worst = grid_bench.main(["--smoke"])
+    assert single > 0 and together > 0 and worst < 1e-5
+    assert "ratio one-at-a-time / together" in capsys.readouterr().out
 
 
 def test_test_sizes_come_from_the_vtab_table():
@@ -98,6 +108,7 @@ def test_gpu_trainer_smoke(capsys):
     assert all(r["images_per_s"] > 0 and r["steps"] >= 4 for r in rows)
     printed = capsys.readouterr().out
     assert "trainer end to end, tiny, batch 8:" in printed and "VPT/FT step time" in printed
+    assert "batched grid: 2 runs trained together vs one run" in printed
 
 
 def test_probes_smoke(capsys):

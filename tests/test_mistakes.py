@@ -43,6 +43,7 @@ STUDY_MISTAKES = [
     (["--config.run.train.seed=3"], "run.train.seed=3 is replaced in every run of a study"),
     (["--config.study.claim_timeout_s=1"], "study.claim_timeout_s must be at least 10 s"),
     (["--config.study.poll_interval_s=0"], "study.poll_interval_s must be > 0 seconds"),
+    (["--config.study.batch_runs=-1"], "study.batch_runs must be >= 0 (1: one run at a time"),
     (["--config.study.shard=3/2"], "study.shard='3/2': use i/n with 0 <= i < n"),
     (["--config.study.shard=slurm"], "which are not all set here (this is not a Slurm job array"),
 ]

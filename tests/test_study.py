@@ -53,12 +53,14 @@ def read_records(workdir):
 
 
 def test_tiny_study_selection_seed_averaging_and_report(tmp_path, base):
-    config = small_study(base)
+    config = small_study(base, batch_runs=4)  # grids and seeds trained together (train/grid.py)
+    config.study.grids.prompt.weight_decays = (0.0,)  # 2 grid points per group (suite time)
+    config.study.grids.finetune.weight_decays = (0.001,)
     summary = run_study(config, str(tmp_path))
     recs = read_records(tmp_path)
     search = [(s, r) for s, r in recs if s["phase"] == "search"]
     final = [(s, r) for s, r in recs if s["phase"] == "final"]
-    assert len(search) == 2 * 2 * 4 and len(final) == 2 * 2 * 2
+    assert len(search) == 2 * 2 * 2 and len(final) == 2 * 2 * 2
     rows = {(r["dataset"], r["strategy"]): r for r in summary["rows"]}
     with open(tmp_path / "report" / "results.csv") as f:
         csv_rows = {(r["dataset"], r["strategy"]): r for r in csv.DictReader(f)}
@@ -131,7 +133,7 @@ def test_report_on_a_partial_study_says_what_is_missing(tmp_path, base, capsys):
     check_study_dir(str(tmp_path), config)
     first = protocol.search_specs(config.study, {})[0]
     assert store.try_claim(first)
-    _execute(config, store, first, done=0, total=2)
+    _execute(config, store, [first], done=0, total=2)
     report = write_report(config, str(tmp_path))
     assert report["missing"] == [protocol.search_specs(config.study, {})[1].run_id]
     assert report["waiting"]  # the finals are unknown until the grid is complete
@@ -176,11 +178,14 @@ def test_two_workers_on_one_study_do_every_run_once_with_one_workers_results(tmp
     # Kills and restarts (nothing finished redone, the same report) are tests/test_faults.py's.
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     reference = subprocess.run(
-        _study_cmd(tmp_path / "ref", base), cwd=ROOT, env=env, capture_output=True, text=True
-    )
+        _study_cmd(tmp_path / "ref", base, "--config.study.batch_runs=2"),
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert "2 runs of vpt_deep on procedural:location train together" in reference.stdout
     assert reference.returncode == 0, reference.stderr[-2000:]
-    # 2 grid runs (lr 0.5 x wd {0, 0.001}) and 1 final run, shared by two workers.
-    outputs = _workers([_study_cmd(tmp_path / "shared", base)] * 2)
+    # 2 grid runs (lr 0.5 x wd {0, 0.001}) and 1 final run, shared by two workers, one run at a
+    # time (batch_runs is a worker setting: the reference trains both grid runs together).
+    outputs = _workers([_study_cmd(tmp_path / "shared", base, "--config.study.batch_runs=1")] * 2)
     assert sum(out.count("known runs done]") for out in outputs) == 3
     assert all(out.count("known runs done]") >= 1 for out in outputs)
     assert _run_ids(tmp_path / "shared") == _run_ids(tmp_path / "ref")

@@ -67,6 +67,11 @@ def study_config() -> ml_collections.ConfigDict:
     s.grids.finetune.batch_size = placeholder(int)  # as above (reference: 128)
     s.grids.finetune.warmup_epochs = placeholder(int)  # as above (reference: 5)
 
+    # Runs of one grid (or one final phase's seeds) that differ only in lr, weight decay and seed
+    # train together as one program (vpt_jax.train.grid): at most this many at once, and no more
+    # than fit the device's memory; 1: one at a time; 0: 8 on an accelerator, 1 on a CPU (where
+    # benchmarks/grid.py measures no gain). Same records and numbers either way.
+    s.batch_runs = 0  # see above
     s.claim_timeout_s = 600.0  # a claim not refreshed for this long belongs to a dead worker
     s.poll_interval_s = 2.0  # how often a worker with nothing to claim looks again
     # "": workers share the runs by claims; "i/n": this worker runs its fixed share (no claims;

@@ -159,6 +159,11 @@ def check_study(study: ml_collections.ConfigDict) -> None:
             "every max(1 s, timeout / 10); a shorter timeout makes live workers' claims look "
             f"stale, so runs train twice), got {study.claim_timeout_s}"
         )
+    if study.batch_runs < 0:
+        raise UserError(
+            f"study.batch_runs must be >= 0 (1: one run at a time; 0: 8 on an accelerator, 1 on "
+            f"a CPU), got {study.batch_runs}"
+        )
     if not study.poll_interval_s > 0:
         raise UserError(f"study.poll_interval_s must be > 0 seconds, got {study.poll_interval_s}")
 

@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any
 
+import jax
 import ml_collections
 
 from vpt_jax.errors import UserError
@@ -24,15 +25,16 @@ from vpt_jax.study.protocol import SEARCH, RunSpec
 from vpt_jax.study.report import write_report
 from vpt_jax.study.shard import Shard, parse_shard
 from vpt_jax.study.store import StudyStore
-from vpt_jax.train import records
-from vpt_jax.train.run import RunStopped, TrainingDiverged, train_and_evaluate
+from vpt_jax.train import grid, records
+from vpt_jax.train.run import RunStopped, TrainingDiverged
 from vpt_jax.train.setup import build_run
 
 log = logging.getLogger("vpt_jax")
 STUDY_CONFIG = "study.json"
 # How workers share a study, not what it computes: workers may differ in them.
-_WORKER_FIELDS = ("shard", "claim_timeout_s", "poll_interval_s")
+_WORKER_FIELDS = ("shard", "claim_timeout_s", "poll_interval_s", "batch_runs")
 WAIT_LOG_INTERVAL_S = 60.0
+AUTO_BATCH_RUNS = 8  # study.batch_runs=0 on an accelerator
 
 
 def check_study_dir(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -96,8 +98,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
             waits.log(store, shard, [s for s in pending if s not in mine] if shard else pending)
             time.sleep(study.poll_interval_s)
             continue
-        _execute(config, store, spec, done=sum(store.done(s) for s in specs), total=len(specs))
-        ran += 1
+        batch = [spec] + _companions(config, store, spec, mine, shard)
+        _execute(config, store, batch, done=sum(store.done(s) for s in specs), total=len(specs))
+        ran += len(batch)
     store.sweep()
     who = f"shard {shard}" if shard else "this worker"
     log.info("study %s complete (%s by %s)", workdir, _runs(ran), who)
@@ -156,26 +159,68 @@ def _ordered(specs: list[RunSpec]) -> list[RunSpec]:
     return sorted(specs, key=lambda s: (s.phase != SEARCH, s.run_id))
 
 
-def _execute(config, store: StudyStore, spec: RunSpec, *, done: int, total: int) -> None:
-    run_dir = store.run_dir(spec)
-    log.info("[%d/%d known runs done] %s %s", done, total, spec.phase.upper(), spec.run_id)
-    stop = store.heartbeat(spec, max(1.0, config.study.claim_timeout_s / 10))
+def batch_limit(batch_runs: int) -> int:
+    """Runs trained together at most: `study.batch_runs`, or (0) 8 on an accelerator and 1 on a
+    CPU, where a grid step costs 1.02-1.11x a single run's per image and compiles slower
+    (`benchmarks/grid.py`)."""
+    if batch_runs:
+        return batch_runs
+    return 1 if jax.default_backend() == "cpu" else AUTO_BATCH_RUNS
+
+
+def _companions(config, store: StudyStore, spec: RunSpec, mine, shard) -> list[RunSpec]:
+    """Runs claimed to train together with `spec` (`vpt_jax.train.grid`): of its phase and group,
+    differing only in lr, weight decay and seed, up to `study.batch_runs` in all."""
+    limit = batch_limit(config.study.batch_runs) - 1
+    if limit < 1:
+        return []
+    key = grid.batch_key(protocol.run_config(config, spec))
+    out = []
+    for other in _ordered(mine):
+        if len(out) == limit:
+            break
+        same = (other.phase, other.group, other.ft_lr, other.ft_weight_decay) == (
+            spec.phase, spec.group, spec.ft_lr, spec.ft_weight_decay
+        )  # fmt: skip
+        if other == spec or not same:
+            continue
+        if grid.batch_key(protocol.run_config(config, other)) == key and _take(store, other, shard):
+            out.append(other)
+    return out
+
+
+def _execute(config, store: StudyStore, specs: list[RunSpec], *, done: int, total: int) -> None:
+    """Trains claimed runs (together when there are several) and records how each ended."""
+    dirs = [store.run_dir(s) for s in specs]
+    for spec in specs:
+        log.info("[%d/%d known runs done] %s %s", done, total, spec.phase.upper(), spec.run_id)
+    interval = max(1.0, config.study.claim_timeout_s / 10)
+    stops = [store.heartbeat(s, interval) for s in specs]
+    lost = [lambda s=s: store.lost(s) for s in specs]
     try:
-        train_and_evaluate(
-            protocol.run_config(config, spec), run_dir, should_stop=lambda: store.lost(spec)
-        )
-    except RunStopped:
+        configs = [protocol.run_config(config, s) for s in specs]
+        if len(specs) == 1:
+            outcomes = [grid.train_one(configs[0], dirs[0], lost[0])]
+        else:
+            outcomes = grid.train_grid(configs, dirs, should_stop=lost)
+        for spec, run_dir, outcome in zip(specs, dirs, outcomes, strict=True):
+            _record(store, spec, run_dir, outcome)
+    finally:
+        for spec, stop in zip(specs, stops, strict=True):
+            stop.set()
+            store.release(spec)
+
+
+def _record(store: StudyStore, spec: RunSpec, run_dir: str, outcome) -> None:
+    if isinstance(outcome, RunStopped):
         log.warning("%s: another worker took this run over; leaving it to that worker", spec.run_id)
-    except TrainingDiverged as e:
-        log.warning("%s diverged; recorded as failed: %s", spec.run_id, e)
+    elif isinstance(outcome, TrainingDiverged):
+        log.warning("%s diverged; recorded as failed: %s", spec.run_id, outcome)
         if not store.lost(spec):  # only the run's owner writes its result
             records.write_json(
                 os.path.join(run_dir, records.RESULT),
-                {"status": "diverged", "error": str(e), "final": {}},
+                {"status": "diverged", "error": str(outcome), "final": {}},
             )
-    finally:
-        stop.set()
-        store.release(spec)
 
 
 __all__ = ["check_runs", "check_study_dir", "run_study"]

@@ -53,7 +53,7 @@ def train_and_evaluate(
     c = setup.config  # the recipe resolved: what the run trains with, and what config.json holds
     finished = check_workdir(workdir, c)
     if finished is not None:
-        log.info("%s already finished: %s", workdir, _summary(finished["final"]))
+        log.info("%s already finished: %s", workdir, summary(finished["final"]))
         return finished
     start_time = time.time()
     data = open_data(c, setup.dataset)
@@ -67,9 +67,9 @@ def train_and_evaluate(
     )  # fmt: skip
     key = jax.random.key(c.train.seed)
     models = [plan.strategy.build_model(vit, train.num_classes) for plan in setup.stages]
-    base = _initial_params(setup, models[0], jax.random.fold_in(key, 0))
+    base = initial_params(setup, models[0], jax.random.fold_in(key, 0))
     start_workdir(workdir, c)  # the first write: settings, data and weights passed every check
-    ctx = _context(c, setup, data, mesh, workdir)
+    ctx = run_context(c, setup, data, mesh, workdir)
     if should_stop is not None:
         ctx = dataclasses.replace(ctx, should_stop=should_stop)
     params, final_metrics = base, {}
@@ -80,21 +80,21 @@ def train_and_evaluate(
             )
         params, final_metrics = train_stage(plan, model, params, ctx)
     ctx.log.close()
-    result = _result(c, setup, params, train, final_metrics, time.time() - start_time)
+    result = run_result(c, setup, params, train, final_metrics, time.time() - start_time)
     if jax.process_index() == 0:
-        _write_outputs(c, setup, workdir, params, base, result)
-    log.info("finished %s: %s", workdir, _summary(final_metrics))
+        write_outputs(c, setup, workdir, params, base, result)
+    log.info("finished %s: %s", workdir, summary(final_metrics))
     return result
 
 
-def _initial_params(setup: RunSetup, first: Any, rng: jax.Array) -> dict:
+def initial_params(setup: RunSetup, first: Any, rng: jax.Array) -> dict:
     if setup.checkpoint is not None:
         return load_pretrained(setup.checkpoint, first, rng=rng)
     log.warning("model.checkpoint is empty: training from random initialisation")
     return jax.device_get(init_params(first, rng))
 
 
-def _context(c, setup: RunSetup, data: RunData, mesh, workdir: str) -> RunContext:
+def run_context(c, setup: RunSetup, data: RunData, mesh, workdir: str) -> RunContext:
     train = data.train
     rep = feed.replicated(mesh)
     writes = jax.process_index() == 0
@@ -124,7 +124,9 @@ def _carry_over(previous: dict, fresh: dict) -> dict:
     return paths.unflatten({k: prev.get(k, v) for k, v in paths.flatten(fresh).items()})
 
 
-def _result(c, setup: RunSetup, params, train, final_metrics, wall_time: float) -> dict[str, Any]:
+def run_result(
+    c, setup: RunSetup, params, train, final_metrics, wall_time: float
+) -> dict[str, Any]:
     counted = parameter_budget(setup.strategy, params)
     return {
         "config": c.to_dict(),
@@ -138,7 +140,7 @@ def _result(c, setup: RunSetup, params, train, final_metrics, wall_time: float) 
     }
 
 
-def _write_outputs(c, setup: RunSetup, workdir: str, params, base, result) -> None:
+def write_outputs(c, setup: RunSetup, workdir: str, params, base, result) -> None:
     export_artifact(
         os.path.join(workdir, records.ARTIFACT),
         params,
@@ -160,5 +162,5 @@ def _write_outputs(c, setup: RunSetup, workdir: str, params, base, result) -> No
     records.write_json(os.path.join(workdir, records.RESULT), records.jsonable(result))
 
 
-def _summary(metrics: dict[str, float]) -> str:
+def summary(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if k.endswith("top1"))

@@ -155,7 +155,7 @@ def train_program(
 
 def _restore(checkpoints, epoch: int, state, program: step.TrainProgram, rep):
     trainable, frozen = split(state.params, program.label_tree())
-    like = jax.device_put(_checkpoint_tree(state, trainable, 0), rep)
+    like = jax.device_put(checkpoint_tree(state, trainable, 0), rep)
     restored = checkpoints.restore(epoch, like)
     return step.TrainState(
         step=restored["step"],
@@ -189,13 +189,7 @@ def _epoch(plan, epoch, state, program, rates: Schedule, checkpoints, ctx: RunCo
     loss_sum, correct, seen = (float(x) for x in jax.device_get(sums))
     train_loss = loss_sum / seen
     if not math.isfinite(train_loss):
-        raise TrainingDiverged(
-            f"training diverged: the loss is {train_loss} in epoch {epoch} of stage "
-            f"{plan.index + 1} (learning rate peak {rates.peak:.4g}); the last good checkpoint "
-            f"(epoch {checkpoints.latest_epoch()}) is kept in {checkpoints.directory}; lower "
-            "--config.optimizer.lr and run again with a new --workdir, or with "
-            "--config.train.move_aside_other_run=True to keep this run beside the new one"
-        )
+        raise diverged(plan, epoch, train_loss, rates, checkpoints)
     train_seconds = time.time() - epoch_start
     metrics = {"train_loss": train_loss, "train_accuracy": correct / seen}
     metrics.update(_evaluations(plan, epoch, state.params, program, ctx))
@@ -215,32 +209,61 @@ def _epoch(plan, epoch, state, program, rates: Schedule, checkpoints, ctx: RunCo
     faults.point("metrics_row")
     if epoch % settings.checkpoint_every_epochs == 0 or epoch == plan.epochs:
         trained, _ = split(state.params, program.label_tree())
-        checkpoints.save(epoch, _checkpoint_tree(state, trained, epoch))
+        checkpoints.save(epoch, checkpoint_tree(state, trained, epoch))
         faults.point("checkpoint")
     return state, row
 
 
+def diverged(plan, epoch: int, loss: float, rates: Schedule, checkpoints) -> TrainingDiverged:
+    """The error of a stage whose epoch ended with a non-finite training loss."""
+    return TrainingDiverged(
+        f"training diverged: the loss is {loss} in epoch {epoch} of stage "
+        f"{plan.index + 1} (learning rate peak {rates.peak:.4g}); the last good checkpoint "
+        f"(epoch {checkpoints.latest_epoch()}) is kept in {checkpoints.directory}; lower "
+        "--config.optimizer.lr and run again with a new --workdir, or with "
+        "--config.train.move_aside_other_run=True to keep this run beside the new one"
+    )
+
+
 def _evaluations(plan, epoch: int, params, program, ctx: RunContext) -> dict[str, float]:
+    eval_program = program.evaluation()
+    measure = lambda data, prefix: [
+        evaluate(eval_program, params, data, ctx.train, ctx.mesh, prefix)
+    ]
+    return due_evaluations(plan, epoch, ctx, measure)[0]
+
+
+def due_evaluations(
+    plan, epoch: int, ctx: RunContext, measure, models: int = 1
+) -> list[dict[str, float]]:
     """The evaluations due after an epoch: each eval split in full every `eval_every_epochs`
     epochs and after the stage's last; its curve subset every `curve_every_epochs` epochs and after
-    the last (`{split}_curve_*`; the full split's numbers where the subset is the whole split)."""
+    the last (`{split}_curve_*`; the full split's numbers where the subset is the whole split).
+
+    `measure(data, prefix)` evaluates on a split and returns one metrics dict per model trained
+    (one for a run, one per member for a grid trained together); so does this, for `models`.
+    """
     settings = ctx.train
     last = epoch == plan.epochs
     every, curve_every = settings.eval_every_epochs, settings.curve_every_epochs
     full_due = last or (every > 0 and epoch % every == 0)
     curve_due = curve_every > 0 and (last or epoch % curve_every == 0)
-    eval_program = program.evaluation()
-    out = {}
+    outs: list[dict[str, float]] | None = None
     for data in ctx.evals:
+        found = []
         if full_due:
-            out.update(evaluate(eval_program, params, data, settings, ctx.mesh))
+            found.append(measure(data, None))
         if curve_due and data.curve is not None:
             if data.curve is data and full_due:
-                found = {k: out[f"{data.name}{k}"] for k in ("_loss", "_top1")}
+                curve = [{k: m[f"{data.name}{k}"] for k in ("_loss", "_top1")} for m in found[0]]
             else:
-                found = evaluate(eval_program, params, data.curve, settings, ctx.mesh, "")
-            out.update({f"{data.name}_curve{k}": v for k, v in found.items()})
-    return out
+                curve = measure(data.curve, "")
+            found.append([{f"{data.name}_curve{k}": v for k, v in m.items()} for m in curve])
+        for per_model in found:
+            outs = outs or [{} for _ in per_model]
+            for out, metrics in zip(outs, per_model, strict=True):
+                out.update(metrics)
+    return outs or [{} for _ in range(models)]
 
 
 def evaluate(
@@ -256,7 +279,7 @@ def evaluate(
     return {f"{name}_loss": loss_sum / seen, f"{name}_top1": correct / seen}
 
 
-def _checkpoint_tree(state, trainable: Any, epoch: int) -> dict[str, Any]:
+def checkpoint_tree(state, trainable: Any, epoch: int) -> dict[str, Any]:
     return {
         "trainable": trainable,
         "opt_state": state.opt_state,
@@ -277,11 +300,11 @@ def _log_epoch(plan: StagePlan, row: dict[str, Any], eta: float) -> None:
         row["train_accuracy"],
         "  ".join(f"{k} {v:.4f}" for k, v in evaluated.items() if not k.startswith("train")),
         row["images_per_sec"],
-        _duration(eta),
+        duration(eta),
     )
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(seconds)
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -186,6 +186,12 @@ class EvalProgram:
 
 @functools.partial(jax.jit, static_argnames="program", donate_argnums=(0, 1))
 def train_on_indices(state, sums, train_arrays, indices, mask, *, program: TrainProgram):
+    """Gathers a step's examples from the on-device split, trains, and accumulates loss sums
+    (`indices_step` compiled)."""
+    return indices_step(state, sums, train_arrays, indices, mask, program)
+
+
+def indices_step(state, sums, train_arrays, indices, mask, program: TrainProgram):
     """Gathers a step's examples from the on-device split, trains, and accumulates loss sums.
 
     Args:
@@ -228,6 +234,11 @@ def train_on_indices(state, sums, train_arrays, indices, mask, *, program: Train
 @functools.partial(jax.jit, static_argnames="program", donate_argnums=(0,))
 def accumulate_eval(sums, params, batch, *, program: EvalProgram):
     """Adds a padded batch's `(loss sum, correct, count)` to `sums`."""
+    return eval_sums(sums, params, batch, program)
+
+
+def eval_sums(sums, params, batch, program: EvalProgram):
+    """`sums` plus a padded batch's `(loss sum, correct, count)` (`accumulate_eval` compiled)."""
     apply_fn, preprocess = program.inputs()
     out = eval_step(params, batch, apply_fn=apply_fn, preprocess=preprocess)
     return sums + jnp.stack([out["loss_sum"], out["correct"], out["count"]])
