@@ -199,7 +199,11 @@ def _workers(commands):
         subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
         for cmd in commands
     ]
-    outputs = [p.communicate()[0] for p in procs]
+    try:  # a worker that dies leaves the others waiting for its runs: fail, do not hang
+        outputs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
     assert all(p.returncode == 0 for p in procs), outputs
     return outputs
 
