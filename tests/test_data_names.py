@@ -64,7 +64,7 @@ def test_default_splits_and_short_names():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("cifar100", "unknown dataset 'cifar100'; names start with vtab/, tfds:"),
+        ("cifar100", "unknown dataset 'cifar100'; names start with vtab/, fgvc/, tfds:"),
         ("vtab/cifar1000", "unknown VTAB-1k task 'cifar1000'; valid tasks: "),
         ("procedural:nope", "unknown procedural task 'nope'; valid tasks: "),
         ("tfds:", "dataset name 'tfds:' names nothing"),

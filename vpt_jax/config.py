@@ -62,6 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.normalization = ""  # recipe: inception (clean) | imagenet (reference)
     c.data.flip = False  # random horizontal flips (the study uses no augmentation)
     c.data.crop_padding = 0  # random crops after this much padding; 0: none
+    # fgvc/ only: train on random crops of the shorter-side resize (the FGVC recipe's
+    # Resize(256) + RandomCrop(224); evaluation always centre-crops the resize).
+    c.data.resize_crop = False  # see above
+    c.data.stream_train = False  # read each step's examples on the host (else: when too large)
     c.data.seed = 0  # dataset seed (procedural data, image-folder hold-out, k-shot draws)
     c.data.shots = 0  # k examples per class of the train split and of val* eval splits; 0: all
 
@@ -209,6 +213,11 @@ def check(c: ml_collections.ConfigDict, num_devices: int) -> None:
             )
     if not c.data.train_split:
         raise UserError("data.train_split is empty; name the split to train on (e.g. train800)")
+    if c.data.resize_crop and not str(c.data.dataset).startswith("fgvc/"):
+        raise UserError(
+            f"data.resize_crop=True crops images kept at their own size, which only fgvc/<name> "
+            f"datasets keep; {c.data.dataset} is resized when read: use data.crop_padding instead"
+        )
     if not c.data.eval_splits or not all(c.data.eval_splits):
         raise UserError(
             f"data.eval_splits must name at least one split to evaluate, e.g. ('test',); got "

@@ -11,6 +11,9 @@ Dataset names:
 * `vtab/<task>`: a VTAB-1k task (`VTAB_TASKS`); splits `train800`, `val200`, `train800val200`,
   `test`, or data-scaling sizes `train{n}`, `val{m}`, `train{n}val{m}` (`scaling_splits`).
   Prepare the TFDS data once with `python -m vpt_jax.data.prepare vtab --data_dir DIR`.
+* `fgvc/<name>`: an FGVC dataset (`FGVC_TASKS`: cub, nabirds, flowers, dogs, cars) in the official
+  layout under `data_dir` (`vpt_jax.data.fgvc`); splits `train`, `val`, `trainval`, `test`;
+  evaluation images are resized (shorter side) and centre-cropped as the official code does.
 * `tfds:<name>[/<config>][:<version>]`: any prepared TFDS classification dataset; the split is a
   TFDS split string (`train[:1000]`, `train[:80%]+validation`).
 * `folder:<path>`: an image folder (`vpt_jax.data.folder`); splits `train`, `val`, `trainval`,
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import os
 
+from vpt_jax.data.fgvc import FGVC_TASKS, FgvcSplit, fgvc_split
 from vpt_jax.data.names import (
     DISPARITIES,
     GROUPS,
@@ -63,10 +67,11 @@ def get_dataset(
     """Opens one split of a dataset, checking everything that can be checked before reading.
 
     Args:
-        name: `vtab/<task>`, `tfds:<name>[/<config>][:<version>]`, `folder:<path>` or
+        name: `vtab/<task>`, `fgvc/<name>`, `tfds:<name>[/<config>][:<version>]`, `folder:<path>` or
             `procedural:<task>` (see `vpt_jax.data.names`), or a parsed `DatasetName`.
         split: The split (see the module docstring for each kind's split names).
-        data_dir: TFDS data directory (`vtab/` and `tfds:`); None uses TFDS's default
+        data_dir: TFDS data directory (`vtab/`, `tfds:`; `fgvc/`: the folder holding the FGVC
+            dataset folders); None uses TFDS's default
             (`$TFDS_DATA_DIR`, else `~/tensorflow_datasets`).
         image_size: Height and width the images are resized (or drawn) to.
         label_key: `tfds:` only: the class-label feature.
@@ -90,6 +95,8 @@ def get_dataset(
         from vpt_jax.data.tfds_reader import vtab_source
 
         return vtab_source(dataset.vtab_task, split, data_dir=data_dir, image_size=image_size)
+    if dataset.kind == "fgvc":
+        return fgvc_split(dataset.value, split, data_dir=data_dir).source(image_size)
     if dataset.kind == "tfds":
         from vpt_jax.data.tfds_reader import tfds_source
 
@@ -131,6 +138,9 @@ __all__ = [
     "GROUPS",
     "PREFIXES",
     "DatasetName",
+    "FGVC_TASKS",
+    "FgvcSplit",
+    "fgvc_split",
     "parse_dataset",
     "parse_dataset_list",
     "NORMALIZATIONS",

@@ -1,13 +1,15 @@
 """Dataset names, parsed once into a typed value that every layer reads.
 
 A name has a kind and a value: `vtab/<task>` (a VTAB-1k task, aliases such as `pets` accepted),
+`fgvc/<name>` (an FGVC dataset in the official layout, `vpt_jax.data.fgvc`),
 `tfds:<name>[/<config>][:<version>]` (any prepared TFDS dataset), `folder:<path>` (an image
 folder) or `procedural:<task>` (generated data). `parse_dataset` checks the name (an unknown VTAB
 or procedural task fails here, before TensorFlow loads) and canonicalises it: aliases become table
 names and folder paths absolute, so one dataset has one name in caches, records and reports.
 
 A task's group places it in the study: VTAB's `natural`, `specialized` and `structured` groups
-(procedural tasks carry the same groups, and `pretraining`). Its task disparity, how far its
+(procedural tasks carry the same groups, and `pretraining`); the FGVC datasets form the `fgvc`
+group. Its task disparity, how far its
 objective lies from the classification pretraining objective, follows from the group: structured
 tasks (counting, distances, positions, orientations) are `high`, the classification-like rest
 `low`. TFDS datasets and image folders cannot tell their group by name: they have none.
@@ -18,22 +20,30 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from vpt_jax.data.fgvc import FGVC_TASKS, FgvcTask, get_fgvc_task
 from vpt_jax.data.procedural import PROCEDURAL_TASKS, ProceduralTask, get_procedural_task
 from vpt_jax.data.vtab import VTAB_TASKS, TaskSpec, get_task
 from vpt_jax.errors import UserError
 
-KINDS = {"vtab": "vtab/", "tfds": "tfds:", "folder": "folder:", "procedural": "procedural:"}
+KINDS = {
+    "vtab": "vtab/",
+    "fgvc": "fgvc/",
+    "tfds": "tfds:",
+    "folder": "folder:",
+    "procedural": "procedural:",
+}
 PREFIXES = tuple(KINDS.values())
 # The groups in the order tables list them; `pretraining` is the procedural stand-in for ImageNet.
-GROUPS = ("natural", "specialized", "structured", "pretraining")
+GROUPS = ("natural", "specialized", "structured", "fgvc", "pretraining")
 DISPARITIES = ("low", "high")
 _GROUP_DISPARITY = {
     "natural": "low",
     "specialized": "low",
     "structured": "high",
+    "fgvc": "low",
     "pretraining": "low",
 }
-_EXAMPLES = "vtab/cifar100, tfds:eurosat/rgb, folder:/data/birds, procedural:objects"
+_EXAMPLES = "vtab/cifar100, fgvc/cub, tfds:eurosat/rgb, folder:/data/birds, procedural:objects"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +51,7 @@ class DatasetName:
     """A parsed dataset name.
 
     Attributes:
-      kind: `vtab`, `tfds`, `folder` or `procedural`.
+      kind: `vtab`, `fgvc`, `tfds`, `folder` or `procedural`.
       value: what follows the prefix: the task's table name, the TFDS spec, the folder's absolute
         path.
     """
@@ -53,10 +63,12 @@ class DatasetName:
         return KINDS[self.kind] + self.value
 
     @property
-    def task(self) -> TaskSpec | ProceduralTask | None:
-        """The VTAB or procedural task's table entry; None for TFDS datasets and folders."""
+    def task(self) -> TaskSpec | FgvcTask | ProceduralTask | None:
+        """The VTAB, FGVC or procedural task's table entry; None for TFDS datasets and folders."""
         if self.kind == "vtab":
             return VTAB_TASKS[self.value]
+        if self.kind == "fgvc":
+            return FGVC_TASKS[self.value]
         if self.kind == "procedural":
             return PROCEDURAL_TASKS[self.value]
         return None
@@ -68,7 +80,8 @@ class DatasetName:
 
     @property
     def group(self) -> str:
-        """`natural`, `specialized`, `structured` or `pretraining`; '' where the name cannot tell."""
+        """`natural`, `specialized`, `structured`, `fgvc` or `pretraining`; '' where the name
+        cannot tell."""
         task = self.task
         return task.group if task is not None else ""
 
@@ -86,11 +99,14 @@ class DatasetName:
     def default_split(self) -> str:
         """The split whose images a task adapts on, which distances measure by default.
 
-        VTAB and procedural tasks: `train800val200`; image folders and TFDS datasets: `train`,
-        except `tfds:imagenet2012`, whose `validation` split is the usual FID reference.
+        VTAB and procedural tasks: `train800val200`; FGVC: `trainval`; image folders and TFDS
+        datasets: `train`, except `tfds:imagenet2012`, whose `validation` split is the usual FID
+        reference.
         """
         if self.kind in ("vtab", "procedural"):
             return "train800val200"
+        if self.kind == "fgvc":
+            return "trainval"
         if self.kind == "tfds" and self.value.startswith("imagenet2012"):
             return "validation"
         return "train"
@@ -129,6 +145,8 @@ def _canonical(kind: str, value: str) -> DatasetName:
         return DatasetName(kind, get_task(value).name)
     if kind == "procedural":
         return DatasetName(kind, get_procedural_task(value).name)
+    if kind == "fgvc":
+        return DatasetName(kind, get_fgvc_task(value).name)
     if not value:
         raise UserError(f"dataset name {KINDS[kind]!r} names nothing; e.g. {_EXAMPLES}")
     if kind == "folder":  # one folder, one name: caches and records must not depend on the cwd
@@ -143,8 +161,9 @@ def _vtab_names() -> set[str]:
 
 
 def parse_dataset_list(spec: str) -> list[DatasetName]:
-    """Datasets from a comma-separated list of names and the sets `vtab` (the 19 VTAB-1k tasks)
-    and `procedural` (every procedural task but `pretrain`), e.g. `vtab,folder:/data/birds`.
+    """Datasets from a comma-separated list of names and the sets `vtab` (the 19 VTAB-1k tasks),
+    `fgvc` (the five FGVC datasets) and `procedural` (every procedural task but `pretrain`), e.g.
+    `vtab,folder:/data/birds`.
 
     Bare VTAB task names are accepted; each dataset appears once, in order.
     """
@@ -152,6 +171,8 @@ def parse_dataset_list(spec: str) -> list[DatasetName]:
     for item in (n.strip() for n in spec.split(",")):
         if item == "vtab":
             names += [DatasetName("vtab", task) for task in VTAB_TASKS]
+        elif item == "fgvc":
+            names += [DatasetName("fgvc", task) for task in FGVC_TASKS]
         elif item == "procedural":
             names += [
                 DatasetName("procedural", t)
@@ -161,5 +182,7 @@ def parse_dataset_list(spec: str) -> list[DatasetName]:
         elif item:
             names.append(parse_dataset(item, bare_vtab=True))
     if not names:
-        raise UserError(f"no datasets in {spec!r}; use vtab, procedural or a comma-separated list")
+        raise UserError(
+            f"no datasets in {spec!r}; use vtab, fgvc, procedural or a comma-separated list"
+        )
     return list(dict.fromkeys(names))

@@ -12,7 +12,9 @@ Normalisation (`normalization` in the config):
   used.
 
 Augmentation is off by default (the VPT protocol uses none): a random horizontal flip, and a random
-crop that pads by `crop_padding` zero pixels on each side and crops back to the original size.
+crop that pads by `crop_padding` zero pixels on each side and crops back to the original size. The
+FGVC recipe's random crop (`data.resize_crop`) draws from canvases instead of model-sized images
+(`canvas_crop`, `vpt_jax.data.resize_crop`).
 
 `check_images` validates pixel arrays a user hands to the analysis functions (NHWC RGB, uint8 or
 floats in [0, 1]) with a message that says what to change.
@@ -109,23 +111,58 @@ def random_crop(rng: jax.Array, images: jax.Array, padding: int) -> jax.Array:
     return jax.vmap(crop)(padded, offsets)
 
 
+def canvas_crop(rng: jax.Array, canvases: jax.Array, extents: jax.Array, crop: int) -> jax.Array:
+    """torchvision's `RandomCrop(crop)` of each canvas's image, returned in its own orientation.
+
+    Args:
+        rng: PRNG key.
+        canvases: `(B, R, L, C)` resized images turned landscape (`resize_crop.canvas_image`).
+        extents: int32 `(B, 2)`: each image's long side on the canvas, and 1 where it was
+            transposed.
+        crop: Output height and width (at most R and every long side).
+
+    Returns:
+        `(B, crop, crop, C)`: every offset with the image equally likely, as the official crop.
+    """
+    batch, rows, _, channels = canvases.shape
+    top_rng, left_rng = jax.random.split(rng)
+    top = jax.random.randint(top_rng, (batch,), 0, rows - crop + 1)
+    left = jax.random.randint(left_rng, (batch,), 0, extents[:, 0] - crop + 1)
+
+    def one(canvas: jax.Array, y: jax.Array, x: jax.Array, transposed: jax.Array) -> jax.Array:
+        window = jax.lax.dynamic_slice(canvas, (y, x, 0), (crop, crop, channels))
+        return jnp.where(transposed > 0, window.transpose(1, 0, 2), window)
+
+    return jax.vmap(one)(canvases, top, left, extents[:, 1])
+
+
 def augment(
-    rng: jax.Array, images: jax.Array, *, flip: bool = False, crop_padding: int = 0
+    rng: jax.Array,
+    images: jax.Array,
+    *,
+    flip: bool = False,
+    crop_padding: int = 0,
+    extents: jax.Array | None = None,
+    crop_size: int = 0,
 ) -> jax.Array:
     """The enabled augmentations, in the order crop then flip.
 
     Args:
         rng: PRNG key.
-        images: uint8 `(B, H, W, C)`.
+        images: uint8 `(B, H, W, C)`, or canvases with `extents`.
         flip: Random horizontal flips.
         crop_padding: Random-crop padding in pixels; 0 disables cropping.
+        extents: The canvases' extents (`canvas_crop`); None: `images` are model-sized.
+        crop_size: Size of the canvas crop (with `extents`).
 
     Returns:
-        The batch, same shape and dtype.
+        The batch; model-sized `(B, crop_size, crop_size, C)` from canvases.
     """
     if crop_padding < 0:
         raise UserError(f"crop_padding must be >= 0, got {crop_padding}")
     crop_rng, flip_rng = jax.random.split(rng)
+    if extents is not None:
+        images = canvas_crop(crop_rng, images, extents, crop_size)
     images = random_crop(crop_rng, images, crop_padding)
     return random_flip(flip_rng, images) if flip else images
 
@@ -137,21 +174,34 @@ def preprocess_batch(
     rng: jax.Array | None = None,
     flip: bool = False,
     crop_padding: int = 0,
+    extents: jax.Array | None = None,
+    crop_size: int = 0,
 ) -> jax.Array:
     """Augments (when an `rng` is given and an augmentation is on) and normalises a uint8 batch.
 
     Args:
-        images: uint8 `(B, H, W, 3)`.
+        images: uint8 `(B, H, W, 3)`, or training canvases with `extents`.
         normalization: `inception` or `imagenet`.
         rng: PRNG key for augmentation; None (evaluation) never augments.
         flip: Random horizontal flips.
         crop_padding: Random-crop padding in pixels.
+        extents: Canvas extents (`canvas_crop`): the batch holds canvases, cropped to `crop_size`.
+        crop_size: The canvas crop's size.
 
     Returns:
         float32 `(B, H, W, 3)` model inputs.
     """
-    if rng is not None and (flip or crop_padding):
-        images = augment(rng, images, flip=flip, crop_padding=crop_padding)
+    if extents is not None and rng is None:
+        raise ValueError("canvases are cropped at random: pass an rng")
+    if rng is not None and (flip or crop_padding or extents is not None):
+        images = augment(
+            rng,
+            images,
+            flip=flip,
+            crop_padding=crop_padding,
+            extents=extents,
+            crop_size=crop_size,
+        )
     return normalize(images, normalization)
 
 

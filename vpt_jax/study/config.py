@@ -91,10 +91,20 @@ def vtab_datasets(names: str | None) -> tuple[str, ...]:
     return tuple(f"vtab/{ALIASES.get(n, n)}" for n in names.split("+"))
 
 
+def fgvc_datasets(names: str | None) -> tuple[str, ...]:
+    """`cub+dogs` -> ("fgvc/cub", "fgvc/dogs"); None or "all": the five FGVC datasets."""
+    from vpt_jax.data.fgvc import FGVC_TASKS, get_fgvc_task
+
+    if not names or names == "all":
+        return tuple(f"fgvc/{t}" for t in FGVC_TASKS)
+    return tuple(f"fgvc/{get_fgvc_task(n).name}" for n in names.split("+"))
+
+
 def apply_args(c: ml_collections.ConfigDict, arg: str | None, allowed: tuple[str, ...]) -> None:
     """Applies a config-file argument such as `tasks=cifar100+dtd,strategies=full+vpt_deep,seeds=42`.
 
-    Keys: tasks (VTAB task names joined by +, or all), strategies, seeds, sizes (data scaling),
+    Keys: tasks (VTAB task names joined by +, or all; FGVC names where the study's datasets are
+    FGVC's), strategies, seeds, sizes (data scaling),
     shots, epochs, recipe (clean or reference).
 
     Raises:
@@ -105,7 +115,8 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, allowed: tuple[str
     for key, value in config_arguments(arg, allowed).items():
         values = value.split("+")
         if key == "tasks":
-            c.study.datasets = vtab_datasets(value)
+            fgvc = all(str(d).startswith("fgvc/") for d in c.study.datasets)
+            c.study.datasets = (fgvc_datasets if fgvc else vtab_datasets)(value)
         elif key == "strategies":
             c.study.strategies = tuple(values)
         elif key == "seeds":

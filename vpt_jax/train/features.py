@@ -57,8 +57,8 @@ def blocker(plan: StagePlan, program: step.TrainProgram) -> str | None:
     outside = [p for p in trained if not any(re.fullmatch(h, p) for h in head)]
     if outside:
         return f"it trains backbone parameters ({outside[0]}, ...)"
-    if aug.flip or aug.crop_padding:
-        return "its training images are augmented (data.flip / data.crop_padding)"
+    if aug.flip or aug.crop_padding or aug.crop_size:
+        return "its training images are augmented (data.flip / data.crop_padding / resize_crop)"
     return None
 
 
@@ -117,6 +117,8 @@ def on_features(plan: StagePlan, program: step.TrainProgram, params: Any, ctx) -
     if not ctx.train.cache_features:
         return ctx, program
     why_not = blocker(plan, program)
+    if why_not is None and ctx.train_arrays is None:
+        why_not = "its training split streams from the host"
     if why_not is not None:
         log.debug("stage %d runs its backbone every step: %s", plan.index + 1, why_not)
         return ctx, program

@@ -72,6 +72,7 @@ from vpt_jax.train.stage import (
     due_evaluations,
     train_program,
 )
+from vpt_jax.train.train_data import step_inputs
 from vpt_jax.train.workdir import check_workdir, resume_point, start_workdir
 from vpt_jax.tuning.rules import merge, split
 from vpt_jax.tuning.strategies import STRATEGIES, get_strategy
@@ -282,7 +283,9 @@ def _train_chunk(members: list[_Member], model, frozen, data, mesh) -> list[Outc
     frozen = jax.device_put(frozen, rep)
     ctx, program = features.on_features(plan, program, members[0].base, base_ctx)
     for m in members:  # the features (or images) on the devices are shared
-        m.ctx = dataclasses.replace(m.ctx, train_arrays=ctx.train_arrays, evals=ctx.evals)
+        m.ctx = dataclasses.replace(
+            m.ctx, train_arrays=ctx.train_arrays, stream=ctx.stream, evals=ctx.evals
+        )
     log.info(
         "%d runs of %s on %s train together: lr %s, weight decay %s, seeds %s; %d epochs x %d "
         "steps", len(members), plan.strategy.name, members[0].config.data.dataset,
@@ -357,13 +360,15 @@ def _epoch(members, plan, epoch, state, frozen, program, ctx: RunContext, mesh) 
     mask = np.stack([o[1] for o in orders], axis=1)
     shard = NamedSharding(mesh, P(None, *feed.batch_sharded(mesh).spec))
     sums = jax.device_put(jnp.zeros((len(members), 3), jnp.float32), feed.replicated(mesh))
-    for s in range(len(indices)):
+    for s, (arrays, step_indices) in enumerate(
+        step_inputs(ctx.train_arrays, ctx.stream, indices, mesh)
+    ):
         state, sums = grid_train_on_indices(
             state,
             sums,
             frozen,
-            ctx.train_arrays,
-            feed.global_array(indices[s], shard),
+            arrays,
+            feed.global_array(step_indices, shard),
             feed.global_array(mask[s], shard),
             program=program,
         )

@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from vpt_jax import faults, paths
 from vpt_jax.models.checkpoint import load_pretrained, save_npz
@@ -28,6 +27,7 @@ from vpt_jax.train import feed, records
 from vpt_jax.train.setup import RunData, RunSetup, build_run, open_data
 from vpt_jax.train.stage import RunContext, RunStopped, TrainingDiverged, train_stage
 from vpt_jax.train.step import Augmentation
+from vpt_jax.train.train_data import TrainStream
 from vpt_jax.train.workdir import check_workdir, resume_point, start_workdir
 from vpt_jax.tuning.artifact import export_artifact
 from vpt_jax.tuning.budget import parameter_budget
@@ -100,12 +100,19 @@ def run_context(c, setup: RunSetup, data: RunData, mesh, workdir: str) -> RunCon
     writes = jax.process_index() == 0
     return RunContext(
         train=c.train,
-        augmentation=Augmentation(c.data.normalization, c.data.flip, c.data.crop_padding),
+        augmentation=Augmentation(
+            c.data.normalization,
+            c.data.flip,
+            c.data.crop_padding,
+            c.model.image_size if c.data.resize_crop else 0,
+        ),
         mesh=mesh,
-        train_arrays={
-            "image": feed.global_array(train.images, rep),
-            "label": feed.global_array(train.labels.astype(np.int32), rep),
-        },
+        train_arrays=(
+            None
+            if train.arrays is None
+            else {k: feed.global_array(v, rep) for k, v in train.arrays.items()}
+        ),
+        stream=None if train.gather is None else TrainStream(train.gather),
         num_train=len(train),
         evals=data.evals,
         workdir=workdir,

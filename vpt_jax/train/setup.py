@@ -18,7 +18,14 @@ import numpy as np
 
 from vpt_jax import config as config_lib
 from vpt_jax import recipe
-from vpt_jax.data import ArraySplit, DatasetName, DataSource, get_dataset, parse_dataset
+from vpt_jax.data import (
+    ArraySplit,
+    DatasetName,
+    DataSource,
+    fgvc_split,
+    get_dataset,
+    parse_dataset,
+)
 from vpt_jax.data.preprocess import check_normalization
 from vpt_jax.data.splits import one_shot_indices
 from vpt_jax.errors import UserError
@@ -32,6 +39,7 @@ from vpt_jax.models.checkpoint import (
 from vpt_jax.models.precision import check_precision
 from vpt_jax.models.vit import ViTConfig
 from vpt_jax.train import feed
+from vpt_jax.train.train_data import TrainData, fgvc_train_data
 from vpt_jax.tuning.strategies import STRATEGIES, Strategy, get_strategy
 
 log = logging.getLogger("vpt_jax")
@@ -238,9 +246,9 @@ def stage_plans(c: ml_collections.ConfigDict, strategy: Strategy) -> tuple[Stage
 
 @dataclasses.dataclass(frozen=True)
 class RunData:
-    """A run's data: the training split in memory, the evaluation splits opened."""
+    """A run's data: the training split (resident or streamed), the evaluation splits opened."""
 
-    train: ArraySplit
+    train: TrainData
     evals: tuple[feed.EvalData, ...]
 
 
@@ -248,7 +256,13 @@ def open_data(c: ml_collections.ConfigDict, dataset: DatasetName) -> RunData:
     """Reads the training split (k per class with `data.shots`) and opens the evaluation splits."""
     d = c.data
     options = dict(data_dir=d.data_dir or None, image_size=c.model.image_size, seed=d.seed)
-    train_source = get_dataset(dataset, d.train_split, **options)
+    if dataset.kind == "fgvc":  # read by index: resident or streamed, canvases or crops
+        fgvc = fgvc_split(dataset.value, d.train_split, data_dir=options["data_dir"])
+        if d.shots:
+            fgvc = fgvc.subset(one_shot_indices(fgvc.labels, d.seed, d.shots), f"{d.shots}shot")
+        train_source = None
+    else:
+        train_source = get_dataset(dataset, d.train_split, **options)
     evals = []
     for split_name in d.eval_splits:
         source = get_dataset(dataset, split_name, **options)
@@ -256,16 +270,22 @@ def open_data(c: ml_collections.ConfigDict, dataset: DatasetName) -> RunData:
             source = DataSource.from_arrays(few_shot(source.materialize(), d.shots, d.seed + 1))
         curve = c.train.curve_examples if c.train.curve_every_epochs else -1
         evals.append(feed.EvalData(split_name, source, EVAL_CACHE_BYTES, curve))
-    _check_fits_in_memory(train_source, d.train_split)
-    train = train_source.materialize()
+    if train_source is None:
+        train = fgvc_train_data(
+            fgvc, c.model.image_size, canvases=d.resize_crop, stream=d.stream_train or None
+        )
+    else:
+        _check_fits_in_memory(train_source, d.train_split)
+        split = train_source.materialize()
+        if d.shots:
+            split = few_shot(split, d.shots, d.seed)
+        train = TrainData.from_split(split)
     if train.num_classes < 2 or len(np.unique(train.labels)) < 2:
         raise UserError(
             f"{dataset.value} {d.train_split} has {len(np.unique(train.labels))} class(es) "
             "among its training labels; classification needs at least 2 (check the dataset and "
             "its split)"
         )
-    if d.shots:
-        train = few_shot(train, d.shots, d.seed)
     return RunData(train, tuple(evals))
 
 

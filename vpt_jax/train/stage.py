@@ -31,6 +31,7 @@ from vpt_jax.train.checkpoints import StageCheckpoints
 from vpt_jax.train.optimizer import OptimizerSpec, learning_rate
 from vpt_jax.train.records import RunLog
 from vpt_jax.train.setup import StagePlan
+from vpt_jax.train.train_data import TrainStream, step_inputs
 from vpt_jax.tuning.budget import parameter_budget
 from vpt_jax.tuning.rules import label_tree, merge, split, vpt_decay_labels
 
@@ -53,7 +54,7 @@ class RunContext:
     train: ml_collections.ConfigDict  # the config's `train` section
     augmentation: step.Augmentation
     mesh: Mesh
-    train_arrays: dict[str, jax.Array]  # the training split on the devices
+    train_arrays: dict[str, jax.Array] | None  # the training split on the devices (or None:)
     num_train: int
     evals: tuple[feed.EvalData, ...]
     workdir: str
@@ -62,6 +63,7 @@ class RunContext:
     should_stop: Callable[[], bool] = lambda: False  # checked before every epoch
     # The run's data settings; stages with equal ones share cached probe features (features.py).
     data_key: str = ""
+    stream: TrainStream | None = None  # reads each step's examples when the split streams
 
     def checkpoint_dir(self, index: int) -> str:
         return os.path.join(self.workdir, "checkpoints", f"stage{index}")
@@ -174,12 +176,13 @@ def _epoch(plan, epoch, state, program, rates: Schedule, checkpoints, ctx: RunCo
         ctx.num_train, settings.batch_size, seed=settings.seed, epoch=epoch + 1000 * plan.index
     )
     sums = jax.device_put(jnp.zeros(3, jnp.float32), rep)
-    for s in range(len(indices)):
+    inputs = step_inputs(ctx.train_arrays, ctx.stream, indices, ctx.mesh)
+    for s, (arrays, step_indices) in enumerate(inputs):
         state, sums = step.train_on_indices(
             state,
             sums,
-            ctx.train_arrays,
-            feed.global_array(indices[s], shard),
+            arrays,
+            feed.global_array(step_indices, shard),
             feed.global_array(mask[s], shard),
             program=program,
         )

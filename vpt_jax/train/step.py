@@ -135,6 +135,8 @@ class Augmentation:
     normalization: str = "inception"
     flip: bool = False
     crop_padding: int = 0
+    # > 0: the training split holds canvases (`data.resize_crop`), cropped at random to this size.
+    crop_size: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +199,8 @@ def indices_step(state, sums, train_arrays, indices, mask, program: TrainProgram
     Args:
       state: the `TrainState`.
       sums: `(loss * n, correct, n)` accumulated over the epoch so far.
-      train_arrays: `{"image", "label"}` of the whole training split, on the devices.
+      train_arrays: `{"image", "label"}` of the whole training split, on the devices (and
+        `"extent"` where the images are canvases), or of one streamed batch.
       indices: the step's example indices (padded to the batch size).
       mask: which of them are real.
       program: the static specialisation.
@@ -206,6 +209,7 @@ def indices_step(state, sums, train_arrays, indices, mask, program: TrainProgram
     aug_rng = jax.random.fold_in(state.rng, 1)
     aug = program.augmentation
     batch = {"image": gather(train_arrays["image"]), "label": gather(train_arrays["label"])}
+    extents = gather(train_arrays["extent"]) if aug.crop_size else None
     apply_fn, preprocess = (
         program.model.apply,
         lambda images: preprocess_batch(
@@ -214,6 +218,8 @@ def indices_step(state, sums, train_arrays, indices, mask, program: TrainProgram
             normalization=aug.normalization,
             flip=aug.flip,
             crop_padding=aug.crop_padding,
+            extents=extents,
+            crop_size=aug.crop_size,
         ),
     )
     if program.from_features:

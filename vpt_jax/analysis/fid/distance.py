@@ -28,6 +28,10 @@ Command line (prints the table and writes it as CSV):
         --inception inception_fid.npz --data_dir ~/tensorflow_datasets --out fid.csv
     python -m vpt_jax.analysis.fid.distance --reference procedural:pretrain --tasks procedural \\
         --features vit --checkpoint vit_tiny.npz --out fid.csv          # offline
+    python -m vpt_jax.analysis.fid.distance --reference imagenet_stats.npz --tasks fgvc \\
+        --inception inception_fid.npz --data_dir ~/tensorflow_datasets   # Table 19's FID column
+
+FGVC images enter as the models see them at evaluation: shorter side resized, centre crop.
 """
 
 from __future__ import annotations
@@ -311,7 +315,7 @@ def define_data_flags(values: flags.FlagValues) -> None:
 def _define(values: flags.FlagValues) -> None:
     define_data_flags(values)
     define = functools.partial(flags.DEFINE_string, flag_values=values)
-    define("tasks", "vtab", "vtab, procedural, or comma-separated dataset names")
+    define("tasks", "vtab", "vtab, fgvc, procedural, or comma-separated dataset names")
     define("split", None, "split of every task (default: train800val200 for VTAB)")
     define("out", None, "CSV file to write the table to")
     define("save_reference", None, "also save the reference statistics to this .npz")
