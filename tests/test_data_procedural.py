@@ -97,5 +97,5 @@ def test_unknown_task_and_split() -> None:
 
 
 def test_unknown_dataset_kind_lists_the_prefixes() -> None:
-    with pytest.raises(UserError, match="vtab/, tfds:, folder:, procedural:"):
+    with pytest.raises(UserError, match="vtab/, fgvc/, tfds:, folder:, procedural:"):
         data.get_dataset("cifar100", "train800")
