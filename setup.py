@@ -19,6 +19,7 @@ RUNTIME = [
     "matplotlib",
     "numpy",
     "pillow",
+    "safetensors",  # timm / Hugging Face weight files, read into numpy (no torch)
     "importlib_resources",  # tensorflow-datasets 4.9.10 uses it on every Python but declares it only for <3.9
 ]
 

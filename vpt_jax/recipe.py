@@ -55,6 +55,20 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 GOVERNED = tuple(RECIPES[CLEAN])
+# What a backbone's pretraining fixes (`model.family`, vpt_jax/train/backbone.py): these fill unset
+# fields before the recipe does. The self-supervised ViTs and Swin were pretrained with exact GELU,
+# no dropout and ImageNet mean/std inputs, so even the clean recipe keeps those for them.
+_PRETRAINED_LIKE_TORCH = {
+    "model.gelu_approximate": False,
+    "model.dropout_rate": 0.0,
+    "data.normalization": "imagenet",
+}
+BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vit": {},
+    "mae": _PRETRAINED_LIKE_TORCH,
+    "moco_v3": _PRETRAINED_LIKE_TORCH,
+    "swin": _PRETRAINED_LIKE_TORCH,
+}
 
 # A study's per-grid training settings (`study.grids.<grid>.<field>`, unset by default): what the
 # paper's runs used (VPT-or-FT's README commands and base configs: FT batch 128 with 5 warmup
@@ -85,12 +99,17 @@ def check_recipe(name: str) -> None:
 def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of a run config with every unset recipe field taken from `c.recipe`.
 
+    The backbone's `BACKBONE_DEFAULTS` come before the recipe's (an unknown family is left for
+    `vpt_jax.train.backbone` to refuse).
+
     Idempotent; raises a one-line `UserError` for an unknown recipe or an unknown value of one of
     its name fields.
     """
     check_recipe(c.recipe)
     out = ml_collections.ConfigDict(c.to_dict())
-    for field, value in RECIPES[c.recipe].items():
+    family = out.model.get("family", "vit")
+    defaults = {**RECIPES[c.recipe], **BACKBONE_DEFAULTS.get(family, {})}
+    for field, value in defaults.items():
         section, name = field.split(".")
         current = out[section][name]
         if current is None or current == "":

@@ -31,7 +31,8 @@ import scipy.ndimage
 
 from vpt_jax import atomic, paths
 from vpt_jax.errors import UserError
-from vpt_jax.models.family import family_of
+from vpt_jax.models import timm_vit, torch_files
+from vpt_jax.models.family import family_of, layout_of
 from vpt_jax.models.vit import SIZES, VisionTransformer, ViTConfig, init_params, param_shapes
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,42 @@ class Checkpoint:
 
     path: str
     flat: Mapping[str, np.ndarray]
-    layout: str  # one of LAYOUTS
+    layout: str  # LAYOUTS, timm_vit.LAYOUTS, or swin_checkpoint's
+    family: str = "vit"  # the backbone family it holds (vpt_jax.models.family): vit | swin
+    format: str = "npz"  # npz | safetensors | torch (vpt_jax.models.torch_files)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Reads a checkpoint file in any supported layout (see the module docstring)."""
-    flat, layout = to_canonical(read_npz(path))
-    return Checkpoint(os.fspath(path), flat, layout)
+    """Reads a weight file of any supported format and layout (the format is read from its bytes).
+
+    `.npz`: the google-research layouts (module docstring), or vpt_jax's own Swin names.
+    `.safetensors` and PyTorch files: timm-layout ViTs (timm, MAE, MoCo v3;
+    `vpt_jax.models.timm_vit`) and Swin Transformers (official or timm names;
+    `vpt_jax.models.swin_checkpoint`).
+    """
+    path = os.fspath(path)
+    fmt = torch_files.sniff_format(path)
+    if fmt == "npz":
+        raw = read_npz(path)
+        if "patch_embed/proj/kernel" in raw:  # a Swin written by vpt_jax (export_checkpoint)
+            return Checkpoint(path, raw, "swin_npz", "swin", fmt)
+        flat, layout = to_canonical(raw)
+        return Checkpoint(path, flat, layout, "vit", fmt)
+    state_dict, fmt = torch_files.read_state_dict(path)
+    from vpt_jax.models import swin_checkpoint
+
+    if swin_checkpoint.matches(state_dict):
+        flat, layout = swin_checkpoint.to_canonical(state_dict)
+        return Checkpoint(path, flat, layout, "swin", fmt)
+    if timm_vit.matches(state_dict):
+        flat, layout = timm_vit.to_canonical(state_dict)
+        return Checkpoint(path, flat, layout, "vit", fmt)
+    keys = sorted(state_dict)
+    raise CheckpointError(
+        f"{path} is a {fmt} file whose names are neither a timm-layout ViT's nor a Swin "
+        f"Transformer's (it holds {_first(keys)}); vpt_jax reads google-research .npz ViTs, timm "
+        "ViTs (incl. MAE and MoCo v3) and Swin Transformers"
+    )
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -302,12 +332,11 @@ def load_pretrained(
     """
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = read_checkpoint(checkpoint)
-    layout = family_of(model.config).layout
+    layout = layout_of(model.config)
+    _check_family(checkpoint, model)
     init = paths.flatten(init_params(model, rng))
     flat = _fit_to_model(dict(checkpoint.flat), init, model, keep_head, f"{layout.head}/")
-    _check_fit(
-        checkpoint, flat, init, model, layout.fresh(model.additions) if fresh is None else fresh
-    )
+    _check_fit(checkpoint, flat, init, model, _fresh(layout, model) if fresh is None else fresh)
     params = {
         k: np.asarray(flat[k], dtype=init[k].dtype) if k in flat else np.asarray(init[k])
         for k in init
@@ -325,10 +354,30 @@ def _first(items: Sequence[str], shown: int = 4) -> str:
 def check_fits(checkpoint: Checkpoint, model: VisionTransformer) -> None:
     """Raises the `CheckpointError` that `load_pretrained(checkpoint, model)` would, from shapes
     alone (nothing is initialised), so a run can refuse a mismatched file before reading data."""
-    layout = family_of(model.config).layout
+    layout = layout_of(model.config)
+    _check_family(checkpoint, model)
     init = paths.flatten(param_shapes(model))
     flat = _fit_to_model(dict(checkpoint.flat), init, model, False, f"{layout.head}/")
-    _check_fit(checkpoint, flat, init, model, layout.fresh(model.additions))
+    _check_fit(checkpoint, flat, init, model, _fresh(layout, model))
+
+
+# Leaves a pretrained file never holds although the backbone has them: the fresh `fc_norm` of
+# average-pooled ViTs (MAE's checkpoint has none; the official code creates it at ones/zeros).
+FRESH_BACKBONE_LEAVES = (r"fc_norm/.*",)
+
+
+def _fresh(layout, model) -> tuple[str, ...]:
+    return (*layout.fresh(model.additions), *FRESH_BACKBONE_LEAVES)
+
+
+def _check_family(checkpoint: Checkpoint, model) -> None:
+    family = family_of(model.config).name
+    if checkpoint.family != family:
+        raise CheckpointError(
+            f"{checkpoint.path} ({checkpoint.layout} layout) holds a {checkpoint.family} backbone, "
+            f"the model is a {family}; pass a {family} checkpoint or build a {checkpoint.family} "
+            "model (model.family)"
+        )
 
 
 def _fit_to_model(flat: dict, init: dict, model: VisionTransformer, keep_head: bool, head: str):
@@ -343,14 +392,30 @@ def _fit_to_model(flat: dict, init: dict, model: VisionTransformer, keep_head: b
     )
     if not (keep_head and head_fits):
         flat = {k: v for k, v in flat.items() if not k.startswith(head)}
-    grid = (model.config.grid_size, model.config.grid_size)
+    norm = "Transformer/encoder_norm/"
+    if any(k.startswith(norm) for k in flat) and not any(k.startswith(norm) for k in init):
+        log.info("dropping the checkpoint's final norm: the model pools with its own fc_norm")
+        flat = {k: v for k, v in flat.items() if not k.startswith(norm)}
     resizable = (
         POSEMB in flat and POSEMB in init and flat[POSEMB].shape[-1] == init[POSEMB].shape[-1]
     )
     if resizable and flat[POSEMB].shape != init[POSEMB].shape:
         log.info("resizing position embeddings %s -> %s", flat[POSEMB].shape, init[POSEMB].shape)
-        flat[POSEMB] = resize_posemb(flat[POSEMB], grid)
+        flat[POSEMB] = resize_posemb(flat[POSEMB], (model.config.grid_size,) * 2)
+    for key, value in flat.items():  # timm files do not say their head count: regroup heads
+        want = init.get(key)
+        if (
+            _is_attention(key)
+            and want is not None
+            and want.shape != value.shape
+            and (len(want.shape), int(np.prod(want.shape))) == (value.ndim, value.size)
+        ):
+            flat[key] = np.reshape(value, want.shape)
     return flat
+
+
+def _is_attention(key: str) -> bool:
+    return bool(re.search(r"/(query|key|value|out)/(kernel|bias)$", key))
 
 
 def _check_fit(

@@ -20,6 +20,7 @@ import flax.linen as nn
 
 from vpt_jax.errors import UserError
 from vpt_jax.models.additions import ATTENTION, HEAD, TOKENS, Addition
+from vpt_jax.models.swin import SwinConfig, SwinTransformer
 from vpt_jax.models.vit import VisionTransformer, ViTConfig
 
 
@@ -42,6 +43,9 @@ class ParamLayout:
     block: str
     sites: tuple[tuple[str, str], ...]
     identity: tuple[str, ...]
+    frozen: tuple[
+        str, ...
+    ] = ()  # regexes of leaves that never train (MoCo v3's position embedding)
 
     def site_scope(self, site: str) -> str | None:
         """The scope regex of a site, or None when the family offers no such site."""
@@ -68,19 +72,30 @@ class ParamLayout:
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """A backbone family: its config type, its builder and its parameter layout."""
+    """A backbone family: its config type, its builder and its parameter layout.
+
+    `layout` is the family's layout; `layout_for` (when set) derives a config's own layout from it
+    (a ViT pooling by average keeps its final norm elsewhere; MoCo v3 freezes its position
+    embedding).
+    """
 
     name: str
     config_type: type
     layout: ParamLayout
     build: Callable[[Any, int | None, tuple[Addition, ...]], nn.Module]
+    layout_for: Callable[[ParamLayout, Any], ParamLayout] | None = None
+
+    def layout_of(self, config: Any) -> ParamLayout:
+        """The parameter layout of a model built from `config`."""
+        return self.layout if self.layout_for is None else self.layout_for(self.layout, config)
 
     def build_model(
         self, config: Any, num_classes: int | None, additions: Sequence[Addition] = ()
     ) -> nn.Module:
         """The model of `config` with a `num_classes` head (None: features) and the additions."""
+        layout = self.layout_of(config)
         for addition in additions:
-            self.layout.owned(addition)  # raises for a site the family does not offer
+            layout.owned(addition)  # raises for a site the family does not offer
         return self.build(config, num_classes, tuple(additions))
 
 
@@ -95,13 +110,46 @@ VIT_LAYOUT = ParamLayout(
     ),
     identity=("cls", "embedding/kernel", "Transformer/encoder_norm/scale"),
 )
+
+
+def _vit_layout(layout: ParamLayout, config: ViTConfig) -> ParamLayout:
+    """Average-pooled ViTs (MAE) normalise the pooled features (`fc_norm`) instead of the tokens;
+    MoCo v3 keeps its sin-cos position embedding frozen, even when finetuning."""
+    if getattr(config, "pool", "token") == "gap":
+        block0_norm = layout.block.format(0) + "/LayerNorm_0/scale"
+        layout = dataclasses.replace(
+            layout, final_norm="fc_norm", identity=("cls", "embedding/kernel", block0_norm)
+        )
+    if getattr(config, "frozen_posemb", False):
+        layout = dataclasses.replace(
+            layout, frozen=(re.escape("Transformer/posembed_input/pos_embedding"),)
+        )
+    return layout
+
+
 VIT = Family(
     "vit",
     ViTConfig,
     VIT_LAYOUT,
     lambda config, num_classes, additions: VisionTransformer(config, num_classes, additions),
+    _vit_layout,
 )
-FAMILIES = {family.name: family for family in (VIT,)}
+# The Swin Transformer's names (`vpt_jax.models.swin`): blocks numbered across stages, prompts (one
+# tensor per stage) at the top level, LoRA beside each window attention's projections.
+SWIN_LAYOUT = ParamLayout(
+    head="head",
+    final_norm="norm",
+    block="block_{}",
+    sites=((TOKENS, ""), (ATTENTION, r"block_\d+/attn"), (HEAD, "")),
+    identity=("patch_embed/proj/kernel", "block_0/attn/relative_position_bias_table", "norm/scale"),
+)
+SWIN = Family(
+    "swin",
+    SwinConfig,
+    SWIN_LAYOUT,
+    lambda config, num_classes, additions: SwinTransformer(config, num_classes, additions),
+)
+FAMILIES = {family.name: family for family in (VIT, SWIN)}
 
 
 def family_of(config: Any) -> Family:
@@ -110,3 +158,23 @@ def family_of(config: Any) -> Family:
         if isinstance(config, family.config_type):
             return family
     raise TypeError(f"no backbone family has configs of type {type(config).__name__}")
+
+
+def layout_of(config: Any) -> ParamLayout:
+    """The parameter layout of a model built from `config`, whatever its family."""
+    return family_of(config).layout_of(config)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A backbone config as JSON-ready data, with its family's name (artifacts, records)."""
+    return {"family": family_of(config).name, **dataclasses.asdict(config)}
+
+
+def config_from_dict(data: dict[str, Any]) -> Any:
+    """The backbone config `config_to_dict` wrote (data without `family` is a ViT's)."""
+    fields = dict(data)
+    family = FAMILIES[fields.pop("family", "vit")]
+    for field in dataclasses.fields(family.config_type):
+        if isinstance(fields.get(field.name), list):
+            fields[field.name] = tuple(fields[field.name])
+    return family.config_type(**fields)

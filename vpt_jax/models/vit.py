@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from vpt_jax.models.additions import ATTENTION, HEAD, TOKENS, Addition, Prompts, at_site
 from vpt_jax.models.additions import extra_tokens as count_extra_tokens
+from vpt_jax.models.drop_path import drop_path_rates
 from vpt_jax.models.precision import check_precision, policy
 from vpt_jax.models.vit_blocks import AddPositionEmbs, Encoder1DBlock, PatchEmbedding
 
@@ -36,6 +37,7 @@ SIZES: dict[str, dict[str, int]] = {
     "H": dict(hidden_size=1280, num_layers=32, num_heads=16, mlp_dim=5120),
 }
 PATCH_SIZES = (8, 14, 16, 32)
+POOLS = ("token", "gap")
 # The classifier's (kernel, bias) initialisers. zeros: google's fine-tuning code. vpt: the official
 # VPT head (`MLP(special_bias=True)`): torch kaiming_normal_(mode="fan_out") weights, i.e.
 # N(0, 2 / num_classes), and every bias -log((1 - 0.01) / 0.01) (a constant: softmax ignores it).
@@ -72,9 +74,21 @@ class ViTConfig:
     # Compute precision (parameters stay float32): float32 | bf16 (bf16_matmul on CPU,
     # bf16_activations elsewhere) | bf16_matmul | bf16_activations; see models/precision.py.
     precision: str = "float32"
+    # token: the class token after encoder_norm (supervised ViT, MoCo v3); gap: the mean of the tokens
+    # after the class token (prompts included, as the official VPT-MAE code), then a fresh
+    # LayerNorm `fc_norm` and no encoder_norm (MAE).
+    pool: str = "token"
+    # The position embedding never trains, under any strategy (MoCo v3 builds it requires_grad=False;
+    # the family's layout turns this into a frozen rule, vpt_jax.models.family).
+    frozen_posemb: bool = False
+    drop_path_rate: float = 0.0  # stochastic depth, 0 .. rate over the blocks; with backbone_train
 
     def __post_init__(self):
         check_precision(self.precision)
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}; use one of: {', '.join(POOLS)}")
+        if not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.head_init not in HEAD_INITS:
             raise ValueError(
                 f"unknown head_init {self.head_init!r}; use one of: {', '.join(HEAD_INITS)}"
@@ -126,6 +140,8 @@ class Encoder(nn.Module):
     patch_size: int = 16  # the prompt initialisation depends on it
     precision: str = "float32"  # compute precision (see models/precision.py)
     additions: tuple[Addition, ...] = ()  # what a strategy attaches (tokens and attention sites)
+    drop_path_rate: float = 0.0  # stochastic depth (see ViTConfig)
+    final_norm: bool = True  # False: no encoder_norm (average-pooled models normalise the pool)
 
     @nn.compact
     def __call__(
@@ -142,6 +158,7 @@ class Encoder(nn.Module):
         if prompt is not None:
             num_sets = self.num_layers if prompt.deep else 1
             sets = prompt.module(num_sets=num_sets, width=x.shape[-1], patch_size=self.patch_size)()
+        rates = drop_path_rates(self.drop_path_rate, self.num_layers)
         for i in range(self.num_layers):
             if prompt is not None and (i == 0 or prompt.deep):
                 x = self._insert_prompts(x, sets[i], prompt, first=i == 0, train=train)
@@ -155,8 +172,11 @@ class Encoder(nn.Module):
                 self.precision,
                 at_site(self.additions, ATTENTION),
                 self.dropout_after_attention,
+                rates[i],
                 name=f"encoderblock_{i}",
             )(x, deterministic=not backbone_train)
+        if not self.final_norm:
+            return x, out
         norm = nn.LayerNorm(epsilon=1e-6, dtype=policy(self.precision).dtype, name="encoder_norm")
         return norm(x), out
 
@@ -232,11 +252,17 @@ class VisionTransformer(nn.Module):
             patch_size=cfg.patch_size,
             precision=cfg.precision,
             additions=self.additions,
+            drop_path_rate=cfg.drop_path_rate,
+            final_norm=cfg.pool == "token",
             name="Transformer",
         )(x, train=train, backbone_train=backbone_train)
         out.update(blocks)
         out["encoded"] = x
-        x = x[:, 0].astype(jnp.float32)  # the head runs in float32 in every precision
+        if cfg.pool == "gap":  # MAE: mean over all but the class token, then its own norm
+            pooled = x[:, 1:].astype(jnp.float32).mean(axis=1)
+            x = nn.LayerNorm(epsilon=1e-6, name="fc_norm")(pooled)
+        else:
+            x = x[:, 0].astype(jnp.float32)  # the head runs in float32 in every precision
         if cfg.representation_size is not None:
             x = jnp.tanh(nn.Dense(cfg.representation_size, name="pre_logits")(x))
         return self._classify(x, out)

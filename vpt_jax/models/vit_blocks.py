@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from vpt_jax.models.additions import Addition
+from vpt_jax.models.drop_path import DropPath
 from vpt_jax.models.precision import attention, policy
 
 Array = jax.Array
@@ -140,10 +141,12 @@ class Encoder1DBlock(nn.Module):
     # True: the attention output is dropped at dropout_rate (google's ViT); False: at
     # attention_dropout_rate (the VPT code's ViT, whose `proj_dropout` takes the attention rate).
     dropout_after_attention: bool = True
+    drop_path_rate: float = 0.0  # stochastic depth of both residual branches
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool) -> Array:
         dtype = policy(self.precision).dtype
+        drop_path = lambda y: DropPath(self.drop_path_rate)(y, deterministic=deterministic)
         y = nn.LayerNorm(epsilon=1e-6, dtype=dtype, name="LayerNorm_0")(x)
         y = MultiHeadDotProductAttention(
             self.num_heads,
@@ -153,7 +156,7 @@ class Encoder1DBlock(nn.Module):
             name="MultiHeadDotProductAttention_1",
         )(y, deterministic=deterministic)
         after = self.dropout_rate if self.dropout_after_attention else self.attention_dropout_rate
-        x = x + nn.Dropout(after)(y, deterministic=deterministic)
+        x = x + drop_path(nn.Dropout(after)(y, deterministic=deterministic))
         y = nn.LayerNorm(epsilon=1e-6, dtype=dtype, name="LayerNorm_2")(x)
         y = MlpBlock(
             self.mlp_dim,
@@ -162,4 +165,4 @@ class Encoder1DBlock(nn.Module):
             self.precision,
             name="MlpBlock_3",
         )(y, deterministic=deterministic)
-        return x + y
+        return x + drop_path(y)

@@ -79,6 +79,9 @@ def study_config() -> ml_collections.ConfigDict:
     s.shard = ""  # static share of the runs (see above); "": share by claims
     s.ft_strategy = "full"  # the baseline that "wins" are counted against
     s.vpt_strategy = "vpt_deep"  # the prompt-tuning method of the FT-vs-VPT comparisons
+    # The report also prints one table per task group (natural, specialized, structured, ...), as
+    # the paper's appendix tables do for each backbone.
+    s.group_tables = False  # see above
     return c
 
 
@@ -105,7 +108,7 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, allowed: tuple[str
 
     Keys: tasks (VTAB task names joined by +, or all; FGVC names where the study's datasets are
     FGVC's), strategies, seeds, sizes (data scaling),
-    shots, epochs, recipe (clean or reference).
+    shots, epochs, recipe (clean or reference), backbone (vit, swin, mae, moco_v3).
 
     Raises:
       ConfigArgumentError: an unknown key (the allowed ones are listed) or a number that is not.
@@ -129,6 +132,28 @@ def apply_args(c: ml_collections.ConfigDict, arg: str | None, allowed: tuple[str
             c.run.train.epochs = config_int(key, value)
         elif key == "recipe":
             c.run.recipe = value  # an unknown name is reported when the study starts
+        elif key == "backbone":
+            use_backbone(c, value)
+
+
+# The appendix C backbones: model section and the official file names (pass the real paths).
+APPENDIX_BACKBONES = {
+    "swin": dict(variant="B", checkpoint="swin_base_patch4_window7_224_22k.pth"),
+    "mae": dict(variant="B/16", checkpoint="mae_pretrain_vit_base.pth"),
+    "moco_v3": dict(variant="B/16", checkpoint="linear-vit-b-300ep.pth.tar"),
+}
+
+
+def use_backbone(c: ml_collections.ConfigDict, name: str) -> None:
+    """Points a study's run template at one of `APPENDIX_BACKBONES` (or `vit`: ViT-B/16)."""
+    from vpt_jax.errors import UserError
+
+    choices = {"vit": dict(variant="B/16", checkpoint="ViT-B_16.npz"), **APPENDIX_BACKBONES}
+    if name not in choices:
+        raise UserError(f"unknown backbone {name!r}; use one of: {', '.join(choices)}")
+    c.run.model.family = name
+    c.run.model.variant = choices[name]["variant"]
+    c.run.model.checkpoint = choices[name]["checkpoint"]
 
 
 def paper_study_config() -> ml_collections.ConfigDict:

@@ -101,6 +101,36 @@ def paper_table(rows: list[dict[str, Any]], ft: str) -> str:
     return "\n".join(out)
 
 
+def group_tables(rows: list[dict[str, Any]], ft: str, backbone: str) -> str:
+    """One table per task group, as the paper's per-backbone appendix tables (Tables 7-15): per
+    task, the group mean, wins against `ft` within the group and tuned/total %."""
+    out = []
+    for (size, shots), point_rows in _by_point(rows).items():
+        point = "" if not size else f", training size {size}"
+        point += f", {shots}-shot" if shots else ""
+        for group in GROUP_ORDER:
+            tasks = sorted({(r["group"], r["task"]) for r in point_rows if r["group"] == group})
+            if not tasks:
+                continue
+            header = [t for _, t in tasks] + [f"{group} mean", f"wins vs {ft}", "tuned/total %"]
+            out.append(f"### {backbone}: {group}{point}\n")
+            out.append("| strategy | " + " | ".join(header) + " |")
+            out.append("|---" * (len(header) + 1) + "|")
+            cell = {(r["strategy"], r["task"]): r for r in point_rows}
+            for strategy in dict.fromkeys(r["strategy"] for r in point_rows):
+                values = _table_row(cell, strategy, tasks, [group], ft)
+                del values[len(tasks) + 1]  # the overall mean equals the group mean here
+                out.append(f"| {strategy} | " + " | ".join(values) + " |")
+            out.append("")
+    return "\n".join(out)
+
+
+def backbone_name(run: ml_collections.ConfigDict) -> str:
+    """The run template's backbone as a table title (`swin B`, `mae B/16`)."""
+    family = run.model.get("family", "vit")
+    return f"{family} {run.model.variant}"
+
+
 def _table_row(cell: dict, strategy: str, tasks: list, groups: list, ft: str) -> list[str]:
     """One strategy's cells: per task, per group mean, mean, wins against `ft`, tuned/total."""
     mine = {t: cell[(strategy, t)] for _, t in tasks if (strategy, t) in cell}
@@ -163,6 +193,12 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
         "",
         paper_table(rows, ft),
     ]
+    if config.study.get("group_tables", False):
+        lines += [
+            f"## Per group ({backbone_name(config.run)})",
+            "",
+            group_tables(rows, ft, backbone_name(config.run)),
+        ]
     if missing or waiting:
         lines += (
             [

@@ -36,15 +36,32 @@ def members_that_fit(setup: RunSetup, params, labels, batch_size: int, mesh) -> 
         budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * MEMORY_FRACTION / 2
     trainable, frozen = split(params, labels)
     nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
-    vit = setup.backbone
+    backbone = setup.backbone
     prompts = sum(a.count for a in setup.strategy.additions if isinstance(a, Prompts))
-    tokens = vit.num_patches + 1 + prompts
-    per_token = 14 * vit.hidden_size + 2 * vit.num_heads * tokens  # kept for the backward pass
-    width = 2 if vit.precision == "bf16" else 4
+    width = 2 if backbone.precision == "bf16" else 4
     per_device_batch = -(-batch_size // mesh.size)
-    activations = per_device_batch * tokens * per_token * vit.num_layers * width
+    activations = per_device_batch * activation_elements(backbone, prompts) * width
     per_member = 4 * nbytes(trainable) + activations
     return max(1, int((budget - nbytes(frozen)) // per_member))
+
+
+def activation_elements(backbone, prompts: int) -> int:
+    """Activations one example keeps for the backward pass (an estimate per block: 14 widths per
+    token, and two attention maps per head over the tokens each token attends to)."""
+    if isinstance(backbone.num_heads, tuple):  # Swin: stages of windowed attention
+        total, side = 0, backbone.image_size // backbone.patch_size
+        for stage, (depth, heads) in enumerate(
+            zip(backbone.depths, backbone.num_heads, strict=True)
+        ):
+            grid = side >> stage
+            window = min(backbone.window_size, grid) ** 2 + prompts
+            tokens = grid * grid + prompts
+            width = backbone.embed_dim * 2**stage
+            total += depth * tokens * (14 * width + 2 * heads * window)
+        return total
+    tokens = backbone.num_patches + 1 + prompts
+    per_token = 14 * backbone.hidden_size + 2 * backbone.num_heads * tokens
+    return tokens * per_token * backbone.num_layers
 
 
 @flax.struct.dataclass

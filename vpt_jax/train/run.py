@@ -60,10 +60,10 @@ def train_and_evaluate(
     train = data.train
     vit = setup.backbone
     log.info(
-        "%s %s: %d training examples, %d classes; strategy %s on ViT (hidden %d, %d layers, patch "
+        "%s %s: %d training examples, %d classes; strategy %s on %s (hidden %d, %d layers, patch "
         "%d) at %dx%d on %d device(s)",
         c.data.dataset, c.data.train_split, len(train), train.num_classes, setup.strategy.name,
-        vit.hidden_size, vit.num_layers, vit.patch_size, vit.image_size, vit.image_size, mesh.size,
+        c.model.get("family", "vit"), vit.hidden_size, vit.num_layers, vit.patch_size, vit.image_size, vit.image_size, mesh.size,
     )  # fmt: skip
     key = jax.random.key(c.train.seed)
     models = [plan.strategy.build_model(vit, train.num_classes) for plan in setup.stages]

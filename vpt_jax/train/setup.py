@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -30,15 +31,10 @@ from vpt_jax.data.preprocess import check_normalization
 from vpt_jax.data.splits import one_shot_indices
 from vpt_jax.errors import UserError
 from vpt_jax.models.additions import Prompts
-from vpt_jax.models.checkpoint import (
-    Checkpoint,
-    check_fits,
-    config_from_checkpoint,
-    read_checkpoint,
-)
-from vpt_jax.models.precision import check_precision
-from vpt_jax.models.vit import ViTConfig
+from vpt_jax.models.checkpoint import Checkpoint, check_fits, read_checkpoint
+from vpt_jax.models.family import VIT_LAYOUT, ParamLayout, layout_of
 from vpt_jax.train import feed
+from vpt_jax.train.backbone import backbone_config
 from vpt_jax.train.train_data import TrainData, fgvc_train_data
 from vpt_jax.tuning.strategies import STRATEGIES, Strategy, get_strategy
 
@@ -80,7 +76,7 @@ class RunSetup:
     """Everything a run is built from."""
 
     dataset: DatasetName
-    backbone: ViTConfig
+    backbone: Any  # the backbone's config: ViTConfig or SwinConfig (vpt_jax.train.backbone)
     strategy: Strategy
     stages: tuple[StagePlan, ...]
     checkpoint: Checkpoint | None  # the pretrained weights, read once; None: random init
@@ -125,55 +121,24 @@ def build_run(
             f"model.image_size={size} is not divisible by the patch size {patch} of this backbone; "
             f"use a multiple of {patch} (e.g. {max(patch, size - size % patch)})"
         )
-    strategy = build_strategy(c.strategy, backbone.num_layers)
+    strategy = build_strategy(c.strategy, backbone.num_layers, layout_of(backbone))
     stages = stage_plans(c, strategy)
     if checkpoint is not None:  # the head is fresh: any class count checks the backbone's fit
         check_fits(checkpoint, stages[0].strategy.build_model(backbone, 2))
     return RunSetup(dataset, backbone, strategy, stages, checkpoint, c)
 
 
-def backbone_config(m: ml_collections.ConfigDict, checkpoint: Checkpoint | None) -> ViTConfig:
-    """The backbone's `ViTConfig` from the `model` section (`variant="auto"`: the checkpoint's)."""
-    try:
-        check_precision(m.precision)
-    except ValueError as e:
-        raise UserError(f"model.precision: {e}") from None
-    common = dict(
-        image_size=m.image_size,
-        gelu_approximate=m.gelu_approximate,
-        dropout_after_attention=m.dropout_after_attention,
-        head_init=m.head_init,
-        dropout_rate=m.dropout_rate,
-        attention_dropout_rate=m.attention_dropout_rate,
-        precision=m.precision,
-    )
-    if m.variant == "auto":
-        if checkpoint is None:
-            raise UserError("model.variant='auto' reads the widths from model.checkpoint; set one")
-        found = config_from_checkpoint(checkpoint.flat)
-        # Tasks train without the checkpoint's representation layer (a fresh head on the tokens).
-        return dataclasses.replace(found, representation_size=None, **common)
-    if m.variant == "custom":
-        widths = (m.patch_size, m.hidden_size, m.num_layers, m.num_heads, m.mlp_dim)
-        if min(widths) < 1 or m.hidden_size % m.num_heads or m.image_size % m.patch_size:
-            raise UserError(
-                "model.variant='custom' needs positive widths, hidden_size divisible by num_heads "
-                f"and image_size divisible by patch_size; got {widths}, image_size {m.image_size}"
-            )
-        return ViTConfig(*widths, **common)
-    try:
-        return ViTConfig.from_variant(m.variant, **common)
-    except ValueError as e:
-        raise UserError(f"model.variant: {e}") from None
-
-
-def build_strategy(s: ml_collections.ConfigDict, num_layers: int) -> Strategy:
-    """The `Strategy` the `strategy` section describes, on a backbone `num_layers` deep."""
+def build_strategy(
+    s: ml_collections.ConfigDict, num_layers: int, layout: ParamLayout | None = None
+) -> Strategy:
+    """The `Strategy` the `strategy` section describes, on a backbone `num_layers` deep whose
+    parameters are laid out as `layout` (default: the supervised ViT's)."""
+    layout = layout or VIT_LAYOUT
     if s.name == "custom":
         if not s.rules:
             raise UserError("strategy 'custom' needs strategy.rules: ((regex, label), ...)")
         rules = tuple((str(pattern), str(label)) for pattern, label in s.rules)
-        return Strategy("custom", rules, backbone_dropout=s.backbone_dropout)
+        return Strategy("custom", rules, layout=layout, backbone_dropout=s.backbone_dropout)
     if s.rules:
         raise UserError(f"strategy.rules is only read by strategy 'custom' (not {s.name!r})")
     if s.name not in STRATEGIES:
@@ -188,6 +153,7 @@ def build_strategy(s: ml_collections.ConfigDict, num_layers: int) -> Strategy:
         mlp_hidden=tuple(s.mlp_hidden),
         lora_rank=s.lora_rank,
         lora_alpha=s.lora_alpha,
+        layout=layout,
     )
     if s.prompt_dropout is not None:
         return build(s.prompt_dropout)

@@ -9,7 +9,6 @@ refusing a base whose weights differ from the one the task was trained on.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -23,7 +22,7 @@ from vpt_jax import paths
 from vpt_jax.errors import UserError
 from vpt_jax.models import additions
 from vpt_jax.models.checkpoint import atomic_write_npz, load_pretrained, read_npz, save_npz
-from vpt_jax.models.family import ParamLayout, family_of
+from vpt_jax.models.family import ParamLayout, config_from_dict, config_to_dict, layout_of
 from vpt_jax.models.vit import VisionTransformer, ViTConfig, param_shapes
 from vpt_jax.tuning.budget import parameter_budget, tuned_paths
 from vpt_jax.tuning.strategies import Strategy
@@ -123,7 +122,7 @@ def export_artifact(
     counted = parameter_budget(strategy, params)
     meta = {
         "format_version": FORMAT_VERSION,
-        "config": dataclasses.asdict(config),
+        "config": config_to_dict(config),
         "num_classes": num_classes,
         "strategy": strategy_to_dict(strategy),
         "base_fingerprint": fingerprint(
@@ -174,14 +173,14 @@ def load_artifact(
       `(model, params, metadata)`, ready for `model.apply({"params": params}, images)`.
     """
     flat, meta = read_artifact(path)
-    config = ViTConfig(**meta["config"])
-    strategy = strategy_from_dict(meta["strategy"], family_of(config).layout).final
+    config = config_from_dict(meta["config"])
+    strategy = strategy_from_dict(meta["strategy"], layout_of(config)).final
     model = strategy.build_model(config, meta["num_classes"])
     if isinstance(base_checkpoint, Mapping):
         base = paths.flatten(base_checkpoint)
     else:
         base = paths.flatten(load_pretrained(base_checkpoint, model))
-    layout = family_of(config).layout
+    layout = layout_of(config)
     if any(k not in flat for k in layout.identity):  # the artifact does not carry its backbone
         got = fingerprint(paths.unflatten(base), layout)
         if got != meta["base_fingerprint"]:

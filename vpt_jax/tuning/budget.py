@@ -7,6 +7,7 @@ Runs, artifacts and the table below all count with `parameter_budget`.
 
     python -m vpt_jax.tuning.budget                       # VPT-deep, ViT-B/16, the 19 VTAB-1k tasks
     python -m vpt_jax.tuning.budget --strategy=vpt_shallow --variant=B/16
+    python -m vpt_jax.tuning.budget --family=swin --variant=B   # Swin-B (appendix C)
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import numpy as np
 from absl import flags
 
 from vpt_jax import cli, paths
-from vpt_jax.errors import UserError
-from vpt_jax.models.vit import ViTConfig, param_shapes
+from vpt_jax.models.vit import param_shapes
 from vpt_jax.tuning.rules import FROZEN, label_paths
 from vpt_jax.tuning.strategies import STRATEGIES, Strategy, get_strategy
 
@@ -57,23 +57,36 @@ def parameter_budget(strategy: Strategy, params: Mapping[str, Any]) -> Budget:
     return Budget(count([flat[k] for k in tuned_paths(strategy, params)]), count(flat))
 
 
-def budget(strategy: Strategy, config: ViTConfig, num_classes: int) -> Budget:
+def budget(strategy: Strategy, config: Any, num_classes: int) -> Budget:
     """Counts tuned and total parameters of `strategy` on a backbone, without allocating it."""
     return parameter_budget(strategy, param_shapes(strategy.final.build_model(config, num_classes)))
 
 
-def vtab_table(strategy_name: str = "vpt_deep", variant: str = "B/16") -> list[dict]:
+def backbone(family: str, variant: str) -> Any:
+    """The config of a `model.family` backbone of a published variant (no checkpoint read)."""
+    from vpt_jax import recipe
+    from vpt_jax.config import base_config
+    from vpt_jax.train.backbone import backbone_config
+
+    c = base_config()
+    c.model.family, c.model.variant = family, variant
+    return backbone_config(recipe.resolve(c).model, None)
+
+
+def vtab_table(
+    strategy_name: str = "vpt_deep", variant: str = "B/16", family: str = "vit"
+) -> list[dict]:
     """One row per VTAB-1k task: prompt length, classes, tuned, total and the percentage."""
     from vpt_jax.data.vtab import VTAB_TASKS  # the task table (classes, prompt lengths)
+    from vpt_jax.models.family import layout_of
 
-    try:
-        config = ViTConfig.from_variant(variant)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    config = backbone(family, variant)
     rows = []
     for name, task in VTAB_TASKS.items():
         p = task.prompt_length
-        strategy = get_strategy(strategy_name, num_prompts=p, num_layers=config.num_layers)
+        strategy = get_strategy(
+            strategy_name, num_prompts=p, num_layers=config.num_layers, layout=layout_of(config)
+        )
         b = budget(strategy, config, task.num_classes)
         rows.append(
             dict(
@@ -90,13 +103,16 @@ def vtab_table(strategy_name: str = "vpt_deep", variant: str = "B/16") -> list[d
 
 def _define(values: flags.FlagValues) -> None:
     flags.DEFINE_enum("strategy", "vpt_deep", STRATEGIES, "the strategy", flag_values=values)
-    flags.DEFINE_string("variant", "B/16", "the ViT variant, e.g. B/16", flag_values=values)
+    flags.DEFINE_string("variant", "B/16", "the variant: B/16 (ViTs), B (swin)", flag_values=values)
+    flags.DEFINE_enum(
+        "family", "vit", ["vit", "mae", "moco_v3", "swin"], "model.family", flag_values=values
+    )
 
 
 def _print_table(values: flags.FlagValues, rest: list[str]) -> list[dict]:
     cli.no_arguments(rest)
-    rows = vtab_table(values.strategy, values.variant)
-    print(f"{values.strategy} on ViT-{values.variant}: tuned / total parameters")
+    rows = vtab_table(values.strategy, values.variant, values.family)
+    print(f"{values.strategy} on {values.family} {values.variant}: tuned / total parameters")
     print(f"| {'task':22} | {'p':>3} | {'classes':>7} | {'tuned':>9} | {'total':>11} | {'%':>6} |")
     print(f"|{'-' * 24}|{'-' * 5}|{'-' * 9}|{'-' * 11}|{'-' * 13}|{'-' * 8}|")
     for r in rows:

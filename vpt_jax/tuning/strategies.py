@@ -42,12 +42,17 @@ class Strategy:
     stages: tuple[Strategy, ...] = ()  # run in order (each starting from the last); () = itself
 
     def __post_init__(self):
+        # What the family never trains comes first, whatever the strategy (MoCo v3's position
+        # embedding stays frozen even when finetuning, as in the official code).
+        pinned = tuple((pattern, FROZEN) for pattern in self.layout.frozen)
+        if pinned and self.rules[: len(pinned)] != pinned:
+            object.__setattr__(self, "rules", (*pinned, *self.rules))
         check_rules(self.rules)
 
     def build_model(self, config: Any, num_classes: int | None):
         """The model this strategy trains: the backbone of `config` with its additions."""
         family = family_of(config)
-        if family.layout != self.layout:
+        if family.layout_of(config) != self.layout:
             raise UserError(
                 f"strategy {self.name!r} was built for another backbone family than {family.name}"
             )

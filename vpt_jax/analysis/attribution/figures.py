@@ -41,7 +41,7 @@ from vpt_jax.analysis.attribution.quadrature import METHODS
 from vpt_jax.data import DataSource, get_dataset
 from vpt_jax.errors import UserError
 from vpt_jax.models.checkpoint import load_pretrained
-from vpt_jax.models.vit import VisionTransformer, ViTConfig
+from vpt_jax.models.family import config_from_dict, family_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +98,8 @@ def load_runs(
                 "two runs of the same task"
             )
     # Loading the backbone is the slow part: do it once and put each task on top of it.
-    backbone = load_pretrained(base, VisionTransformer(ViTConfig(**ft_meta["config"]), None))
+    backbone_config = config_from_dict(ft_meta["config"])
+    backbone = load_pretrained(base, family_of(backbone_config).build_model(backbone_config, None))
     ft_model, ft_params, _ = load_artifact(ft_artifact, backbone)
     vpt_model, vpt_params, _ = load_artifact(vpt_artifact, backbone)
     return (ft_model, ft_params), (vpt_model, vpt_params), ft_meta, vpt_meta
