@@ -135,9 +135,13 @@ def test_each_family_reads_its_files_and_refuses_the_others(checkpoints):
         build_run(run_config(family, checkpoints[family]), 1)
     layouts = {f: read_checkpoint(checkpoints[f]).layout for f in FAMILIES}
     assert layouts == {"vit": "timm", "mae": "mae", "moco_v3": "moco_v3", "swin": "swin_official"}
-    with pytest.raises(UserError, match=r"model.family=vit expects .* swin_official layout; set model.family=swin"):
+    with pytest.raises(
+        UserError, match=r"model.family=vit expects .* swin_official layout; set model.family=swin"
+    ):
         build_run(run_config("vit", checkpoints["swin"]), 1)
-    with pytest.raises(UserError, match=r"model.family=swin expects .* mae layout; set model.family=mae"):
+    with pytest.raises(
+        UserError, match=r"model.family=swin expects .* mae layout; set model.family=mae"
+    ):
         build_run(run_config("swin", checkpoints["mae"]), 1)
 
 

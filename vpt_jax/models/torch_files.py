@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from vpt_jax.errors import UserError
+from vpt_jax.models.npz_layouts import CheckpointError
 
 FORMATS = ("npz", "safetensors", "torch")
 WRAPPERS = ("model", "state_dict", "module")  # keys a checkpoint dict may keep its tensors under
 CONVERT = "python -m vpt_jax.models.convert"
 
 
-class WeightFileError(UserError):
+class WeightFileError(CheckpointError):
     """A weight file that cannot be read as a state dict."""
 
 
@@ -53,6 +53,8 @@ def sniff_format(path: str | os.PathLike) -> str:
             names = archive.namelist()
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
+        return "npz"
+    if head.startswith(b"PK"):  # a zip archive that does not open: let the .npz reader say why
         return "npz"
     if head.startswith(b"\x80"):
         return "torch"

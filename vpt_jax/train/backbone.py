@@ -63,7 +63,7 @@ BACKBONES = {
         Backbone(
             "swin",
             "swin",
-            ("swin_official", "swin_timm"),
+            ("swin_official", "swin_timm", "swin_npz"),
             0.5,
             files="swin_base_patch4_window7_224_22k.pth or timm's swin_base_patch4_window7_224.ms_in22k",
         ),
