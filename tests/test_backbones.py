@@ -273,7 +273,8 @@ def test_group_tables_print_each_group_like_the_appendix():
 
 
 def test_every_backbone_is_documented_in_the_readme():
-    readme = open(os.path.join(ROOT, "README.md")).read()
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
     section = readme.split("## Backbones")[1].split("\n## ")[0]
     for name in BACKBONES:
         assert f"`{name}`" in section
