@@ -68,11 +68,15 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         flat, layout = to_canonical(raw)
         return Checkpoint(path, flat, layout, "vit", fmt)
     state_dict, fmt = torch_files.read_state_dict(path)
-    from vpt_jax.models import swin_checkpoint
-
-    if swin_checkpoint.matches(state_dict):
+    try:  # imported here: the Swin modules load only for state dicts
+        from vpt_jax.models import swin_checkpoint
+    except ModuleNotFoundError:
+        swin_checkpoint = None
+    if swin_checkpoint is not None and swin_checkpoint.matches(state_dict):
         flat, layout = swin_checkpoint.to_canonical(state_dict)
         return Checkpoint(path, flat, layout, "swin", fmt)
+    if timm_vit.is_transformers_vit(state_dict):
+        raise CheckpointError(f"{path} {timm_vit.TRANSFORMERS_REFUSAL}")
     if timm_vit.matches(state_dict):
         flat, layout = timm_vit.to_canonical(state_dict)
         return Checkpoint(path, flat, layout, "vit", fmt)
@@ -125,7 +129,14 @@ def resize_posemb(posemb: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 
 def describe(flat: Mapping[str, np.ndarray]) -> str:
-    """A short description of the architecture a canonical flat checkpoint holds."""
+    """A short description of the architecture a canonical flat checkpoint (ViT or Swin) holds."""
+    if "patch_embed/proj/kernel" in flat:  # vpt_jax's Swin names (vpt_jax.models.swin)
+        kernel = flat["patch_embed/proj/kernel"]
+        blocks = {k.split("/")[0] for k in flat if re.match(r"block_\d+/", k)}
+        return (
+            f"a Swin Transformer (embed {kernel.shape[-1]}, {len(blocks)} blocks, "
+            f"patch {kernel.shape[0]})"
+        )
     try:
         width = flat["cls"].shape[-1]
         depth = len({k.split("/")[1] for k in flat if k.startswith("Transformer/encoderblock_")})
@@ -247,14 +258,22 @@ def _fresh(layout, model) -> tuple[str, ...]:
     return (*layout.fresh(model.additions), *FRESH_BACKBONE_LEAVES)
 
 
+FAMILY_NAMES = {"vit": "ViT", "swin": "Swin"}  # family -> what messages call it
+
+
 def _check_family(checkpoint: Checkpoint, model) -> None:
     family = family_of(model.config).name
     if checkpoint.family != family:
+        found, expected = (FAMILY_NAMES.get(f, f) for f in (checkpoint.family, family))
         raise CheckpointError(
-            f"{checkpoint.path} ({checkpoint.layout} layout) holds a {checkpoint.family} backbone, "
-            f"the model is a {family}; pass a {family} checkpoint or build a {checkpoint.family} "
-            "model (model.family)"
+            f"{checkpoint.path} ({_origin(checkpoint)}): the file holds a {found}, the model is a "
+            f"{expected}; pass a {expected} checkpoint or build a {found} model (model.family)"
         )
+
+
+def _origin(checkpoint: Checkpoint) -> str:
+    """How a file was read, for messages: `safetensors file, mae layout`."""
+    return f"{checkpoint.format} file, {checkpoint.layout} layout"
 
 
 def _fit_to_model(flat: dict, init: dict, model: VisionTransformer, keep_head: bool, head: str):
@@ -273,8 +292,11 @@ def _fit_to_model(flat: dict, init: dict, model: VisionTransformer, keep_head: b
     if any(k.startswith(norm) for k in flat) and not any(k.startswith(norm) for k in init):
         log.info("dropping the checkpoint's final norm: the model pools with its own fc_norm")
         flat = {k: v for k, v in flat.items() if not k.startswith(norm)}
-    resizable = (
-        POSEMB in flat and POSEMB in init and flat[POSEMB].shape[-1] == init[POSEMB].shape[-1]
+    resizable = (  # a ViT's table (a Swin has relative position biases, fitted by its window)
+        family_of(model.config).name == "vit"
+        and POSEMB in flat
+        and POSEMB in init
+        and flat[POSEMB].shape[-1] == init[POSEMB].shape[-1]
     )
     if resizable and flat[POSEMB].shape != init[POSEMB].shape:
         log.info("resizing position embeddings %s -> %s", flat[POSEMB].shape, init[POSEMB].shape)
@@ -319,12 +341,14 @@ def _check_fit(
     ]
     if problems:
         raise CheckpointError(
-            f"{checkpoint.path} ({checkpoint.layout} layout) holds {describe(flat)}, which does not "
+            f"{checkpoint.path} ({_origin(checkpoint)}) holds {describe(flat)}, which does not "
             f"fit the model ({_describe_model(model)}): {'; '.join(problems)}; choose the matching "
             "variant"
         )
 
 
-def _describe_model(model: VisionTransformer) -> str:
+def _describe_model(model) -> str:
     c = model.config
+    if family_of(c).name == "swin":
+        return f"Swin, embed {c.embed_dim}, depths {tuple(c.depths)}, patch {c.patch_size}"
     return f"hidden {c.hidden_size}, {c.num_layers} layers, patch {c.patch_size}"

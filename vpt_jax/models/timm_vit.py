@@ -12,13 +12,18 @@ Layouts, told apart by the keys:
 * `moco_v3`: a `module.` prefix (the linear-probe file `linear-vit-b-300ep.pth.tar`, with its
   1000-way head), or `module.base_encoder.` (the pretraining file `vit-b-300ep.pth.tar`: only the
   base encoder is kept, without its projection-MLP `head`; the momentum encoder and predictor go).
-* `mae`: no head and a class-token row of zeros in the position embedding (MAE stores its fixed
-  sin-cos embedding with a zero class row; `mae_pretrain_vit_base.pth` and timm's `.mae` files).
-  Its final `norm` maps to `Transformer/encoder_norm` like any other; a `pool="gap"` model has no
-  such leaf and the loader drops it (`vpt_jax.models.checkpoint`).
-* `timm`: everything else in these names (augreg, augreg2, DINO-style class-token ViTs).
+* `mae`: no head, no `fc_norm` and a class-token row of zeros in the position embedding (MAE
+  stores its fixed sin-cos embedding with a zero class row: `mae_pretrain_vit_base.pth` and timm's
+  `.mae` files; a learned embedding's class row is never exactly zero). Its final `norm` maps to
+  `Transformer/encoder_norm` like any other (the file alone does not say how a model pools): a
+  `pool="gap"` model has no such leaf and the loader drops it (`vpt_jax.models.checkpoint`).
+* `timm`: everything else in these names (augreg, augreg2, DINO-style class-token ViTs, MAE's
+  finetuned files with `fc_norm` and a head).
 
-Keys outside these names pass through unchanged, so the loader's error names them.
+Keys outside these names pass through unchanged, so the loader's error names them. Files do not
+store the head count: the kernels are split at 64 per head (`heads_for`) and the loader regroups
+them to the model's count. Hugging Face transformers' own `ViTModel` names (`embeddings.
+patch_embeddings...`, LayerNorm epsilon 1e-12) are refused, naming the timm weights to use.
 """
 
 from __future__ import annotations
@@ -28,13 +33,18 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vpt_jax.errors import UserError
+from vpt_jax.models.npz_layouts import CheckpointError
 
 BLOCK = "Transformer/encoderblock_{}"
 POSEMB = "Transformer/posembed_input/pos_embedding"
 MOCO_PRETRAIN = "module.base_encoder."
 HF_MARK = "embeddings.patch_embeddings.projection.weight"
 LAYOUTS = ("timm", "mae", "moco_v3")
+TRANSFORMERS_REFUSAL = (
+    "holds a Hugging Face transformers ViTModel (embeddings.patch_embeddings...), whose names and "
+    "LayerNorm epsilon (1e-12) are not timm's; use the timm weights of that model (the hub's "
+    "timm/<name> model.safetensors)"
+)
 # timm leaf -> ours, inside a block (weights transposed by _dense).
 _BLOCK_LEAVES = {
     "norm1.weight": "LayerNorm_0/scale",
@@ -62,14 +72,19 @@ def _strip(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
 
 
 def matches(state_dict: Mapping[str, np.ndarray]) -> bool:
-    """Whether a state dict is a timm-layout ViT (after any MoCo prefix)."""
-    if HF_MARK in state_dict or f"vit.{HF_MARK}" in state_dict:
-        raise UserError(
-            "this file holds a Hugging Face transformers ViTModel (embeddings.patch_embeddings...), "
-            "whose names and LayerNorm epsilon (1e-12) are not timm's; use the timm weights of the "
-            "model (the hub's timm/<name> model.safetensors)"
-        )
+    """Whether a state dict is a timm-layout ViT (after any MoCo prefix).
+
+    Raises:
+      CheckpointError: for Hugging Face transformers' `ViTModel` names (`TRANSFORMERS_REFUSAL`).
+    """
+    if is_transformers_vit(state_dict):
+        raise CheckpointError(f"this file {TRANSFORMERS_REFUSAL}")
     return "blocks.0.attn.qkv.weight" in _strip(state_dict)[0]
+
+
+def is_transformers_vit(state_dict: Mapping[str, np.ndarray]) -> bool:
+    """Whether a state dict is in Hugging Face transformers' `ViTModel` names (not timm's)."""
+    return HF_MARK in state_dict or f"vit.{HF_MARK}" in state_dict
 
 
 def _layout(sd: Mapping[str, np.ndarray], prefixed: bool) -> str:
@@ -77,7 +92,8 @@ def _layout(sd: Mapping[str, np.ndarray], prefixed: bool) -> str:
         return "moco_v3"
     posemb = sd.get("pos_embed")
     zero_cls = posemb is not None and not np.any(posemb[:, 0])
-    return "mae" if "head.weight" not in sd and zero_cls else "timm"
+    pretrain = "head.weight" not in sd and "fc_norm.weight" not in sd
+    return "mae" if pretrain and zero_cls else "timm"
 
 
 def to_canonical(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:

@@ -50,6 +50,17 @@ HEAD_INITS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
     ),
 }
 
+# The self-supervised ViT-B/16s of the paper's appendix C, as their official model code builds them
+# (KMnP `vit_backbones/vit_{mae,moco}.py`, timm 0.4.12 underneath): exact GELU, no dropout and the
+# VPT head. MAE pools by average (then a fresh `fc_norm`) and finetunes with drop path 0.1; MoCo v3
+# pools its class token and its sin-cos position embedding never trains. `ViTConfig.from_backbone`.
+BACKBONE_CONFIGS: dict[str, dict[str, Any]] = {
+    "mae": dict(
+        variant="B/16", gelu_approximate=False, pool="gap", drop_path_rate=0.1, head_init="vpt"
+    ),
+    "moco_v3": dict(variant="B/16", gelu_approximate=False, frozen_posemb=True, head_init="vpt"),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
@@ -81,7 +92,9 @@ class ViTConfig:
     # The position embedding never trains, under any strategy (MoCo v3 builds it requires_grad=False;
     # the family's layout turns this into a frozen rule, vpt_jax.models.family).
     frozen_posemb: bool = False
-    drop_path_rate: float = 0.0  # stochastic depth, 0 .. rate over the blocks; with backbone_train
+    # Stochastic depth of both residual branches, rising linearly 0 .. rate over the blocks (timm's
+    # linspace); it runs only with backbone_train (MAE's finetuning uses 0.1).
+    drop_path_rate: float = 0.0
 
     def __post_init__(self):
         check_precision(self.precision)
@@ -102,6 +115,15 @@ class ViTConfig:
             valid = ", ".join(f"{s}/{p}" for s in SIZES for p in PATCH_SIZES)
             raise ValueError(f"unknown ViT variant {variant!r}; use one of: {valid}")
         return cls(patch_size=int(match.group(2)), **SIZES[match.group(1)], **overrides)
+
+    @classmethod
+    def from_backbone(cls, name: str, **overrides: Any) -> ViTConfig:
+        """The exact config of a self-supervised backbone of `BACKBONE_CONFIGS` (`"mae"`)."""
+        if name not in BACKBONE_CONFIGS:
+            valid = ", ".join(BACKBONE_CONFIGS)
+            raise ValueError(f"unknown ViT backbone {name!r}; use one of: {valid}")
+        fields = {**BACKBONE_CONFIGS[name], **overrides}
+        return cls.from_variant(fields.pop("variant"), **fields)
 
     @property
     def grid_size(self) -> int:
