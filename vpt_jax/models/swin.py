@@ -3,8 +3,9 @@
 `SwinConfig.from_variant("B")` is Swin-B (embed 128, depths 2-2-18-2, heads 4-8-16-32, window 7,
 patch 4), the backbone of the paper's Tables 7-9. Parameter names (`vpt_jax.models.family`
 `SWIN_LAYOUT`): `patch_embed/{proj,norm}`, blocks numbered across stages `block_{i}/{norm1, attn/
-{query,key,value,out,relative_position_bias_table}, norm2, fc1, fc2}`, `merge_{s}/{norm,reduction}`
-after stage `s`, the final `norm`, prompts `prompt/embeddings_{s}` and the `head`.
+{query,key,value,out,relative_position_bias_table}, norm2, mlp/{fc1,fc2}}`,
+`merge_{s}/{norm,reduction}` after stage `s`, the final `norm`, prompts `prompt/embeddings_{s}` and
+the `head`.
 `vpt_jax.models.swin_checkpoint` maps the official and timm files onto them.
 
 Prompts (the `tokens` site, `Prompts`): shallow: `embeddings_0` `(1, P, embed_dim)` prepended after
@@ -12,6 +13,8 @@ the patch embedding and carried through every block and merge; deep: `embeddings
 `(depths[s], P, C_s)`, one set per block replacing the prompt slots before it (Swin-B: 24 sets,
 12,032 x P parameters); initialised `U(-v, v)`, `v = sqrt(6 / (3 * patch^2 + embed_dim))` for every
 stage, as the official code. The head pools prompts and patches together after the final norm.
+Prompt dropout (with `train`) follows the official code too: the shallow set is dropped per image,
+each deep set once for the whole batch.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class SwinConfig:
     mlp_ratio: float = 4.0
     image_size: int = 224
     drop_path_rate: float = 0.0  # stochastic depth, 0 .. rate over all blocks; with backbone_train
-    head_init: str = "zeros"  # as ViTConfig.head_init
+    head_init: str = "vpt"  # as ViTConfig.head_init; the official VPT head by default
     precision: str = "float32"
     # True: prompts join windows in the official code's window-major order, so the images of a
     # batch see each other's prompts (the paper's Swin numbers); False: each image's own prompts.
@@ -230,8 +233,13 @@ class SwinTransformer(nn.Module):
 
     def _insert(self, x: Array, prompts: Array, prompt: Prompts, first: bool, train: bool) -> Array:
         p = prompt.count
-        prompts = jnp.broadcast_to(prompts.astype(x.dtype), (x.shape[0], p, x.shape[-1]))
-        prompts = nn.Dropout(prompt.dropout)(prompts, deterministic=not train)
+        dropout = nn.Dropout(prompt.dropout, deterministic=not train)
+        prompts = prompts.astype(x.dtype)
+        if not first:  # the official code drops a deep set before expanding it to the batch
+            prompts = dropout(prompts)
+        prompts = jnp.broadcast_to(prompts, (x.shape[0], p, x.shape[-1]))
+        if first:  # and the shallow set after
+            prompts = dropout(prompts)
         rest = x if first else x[:, p:]  # later blocks: the previous prompt outputs are dropped
         return jnp.concatenate([prompts, rest], axis=1)
 

@@ -162,10 +162,21 @@ class SwinBlock(nn.Module):
         drop = lambda t: DropPath(self.drop_path)(t, deterministic=deterministic)
         x = shortcut + drop(y)
         y = nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, name="norm2")(x)
-        kwargs = policy(self.precision).dense_kwargs()
-        y = nn.Dense(int(c * self.mlp_ratio), name="fc1", **kwargs)(y)
-        y = nn.Dense(c, name="fc2", **kwargs)(nn.gelu(y, approximate=False))
+        y = Mlp(int(c * self.mlp_ratio), self.precision, name="mlp")(y)
         return x + drop(y)
+
+
+class Mlp(nn.Module):
+    """`fc1`, exact (erf) GELU as torch's `nn.GELU`, `fc2` back to the input width."""
+
+    hidden: int
+    precision: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kwargs = policy(self.precision).dense_kwargs()
+        y = nn.Dense(self.hidden, name="fc1", **kwargs)(x)
+        return nn.Dense(x.shape[-1], name="fc2", **kwargs)(nn.gelu(y, approximate=False))
 
 
 class PatchMerging(nn.Module):
