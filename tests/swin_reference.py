@@ -182,5 +182,7 @@ def prompted_swin(
                 x = _merge(sd, f"layers.{s}.downsample", x, resolution, p)
                 resolution //= 2
         pooled = _layer_norm(sd, "norm", x).mean(1)
-        logits = F.linear(pooled, sd["head.weight"], sd["head.bias"]) if "head.weight" in sd else None
+        logits = (
+            F.linear(pooled, sd["head.weight"], sd["head.bias"]) if "head.weight" in sd else None
+        )
     return pooled.numpy(), None if logits is None else logits.numpy()
