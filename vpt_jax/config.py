@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     # self-supervised ViT-B/16s; swin: Swin Transformer (README "Backbones")
     c.model.family = "vit"  # vit | mae | moco_v3 | swin
     # ViTs: Ti|S|B|L|H/8|14|16|32; swin: T|S|B|L; "auto": widths from the checkpoint; "custom"
-    c.model.variant = "B/16"
+    c.model.variant = "B/16"  # see above
     c.model.patch_size = 16  # "custom" only: patch side in pixels
     c.model.hidden_size = 768  # "custom" only: token width
     c.model.num_layers = 12  # "custom" only: transformer blocks
@@ -42,19 +42,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.mlp_dim = 3072  # "custom" only: MLP hidden width
     # pretrained weights: .npz, .safetensors or PyTorch .pth (read with weights_only=True, needs
     # torch); the format and layout are read from the file; "" trains from random init
-    c.model.checkpoint = ""
+    c.model.checkpoint = ""  # see above
     c.model.image_size = 224  # input resolution; position embeddings are resized to it
     # swin "custom" only: stage-0 width, blocks and heads per stage, attention window
-    c.model.embed_dim = 128
-    c.model.depths = (2, 2, 18, 2)
-    c.model.stage_heads = (4, 8, 16, 32)
-    c.model.window_size = 7
+    c.model.embed_dim = 128  # swin "custom" only: stage-0 width
+    c.model.depths = (2, 2, 18, 2)  # swin "custom" only: blocks per stage
+    c.model.stage_heads = (4, 8, 16, 32)  # swin "custom" only: heads per stage
+    c.model.window_size = 7  # swin "custom" only: attention window side
     # swin: True attaches prompts to windows in the official code's order, where the images of a
     # batch see each other's prompts (what produced the paper's Swin numbers); False: per image
-    c.model.prompt_batch_mixing = False
+    c.model.prompt_batch_mixing = False  # swin only (see above)
     # stochastic depth (drop path), linear over blocks; runs only where the backbone trains (FT);
     # -1: the official finetuning code's rate for the family (swin 0.5, mae 0.1, vit/moco_v3 0)
-    c.model.drop_path_rate = -1.0
+    c.model.drop_path_rate = -1.0  # see above
     # recipe: True tanh GELU (clean: as the checkpoints were trained); False exact erf (reference)
     c.model.gelu_approximate = placeholder(bool)  # recipe: True tanh, False erf
     # recipe: backbone dropout (clean 0, reference 0.1); runs only where a strategy trains the
