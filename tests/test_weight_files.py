@@ -16,6 +16,7 @@ from vpt_jax.models import convert, timm_vit, torch_files
 from vpt_jax.models.checkpoint import (
     CheckpointError,
     check_fits,
+    config_from_checkpoint,
     describe,
     load_pretrained,
     read_checkpoint,
@@ -211,6 +212,8 @@ def test_mae_is_told_from_plain_timm_by_its_zero_class_row_and_missing_head():
     finetuned = dict(state, **{"fc_norm.weight": np.ones(128), "fc_norm.bias": np.zeros(128)})
     flat, layout = timm_vit.to_canonical(finetuned)
     assert layout == "timm" and "fc_norm/scale" in flat
+    assert config_from_checkpoint(flat).pool == "gap"  # an average-pooled model's file
+    assert config_from_checkpoint(timm_vit.to_canonical(state)[0]) == CONFIG  # heads: 64 each
     # Its final norm is kept under our name; only a gap model's loader drops it.
     assert "Transformer/encoder_norm/scale" in timm_vit.to_canonical(state)[0]
 

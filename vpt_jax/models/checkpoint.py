@@ -159,7 +159,9 @@ def config_from_checkpoint(flat: Mapping[str, np.ndarray]) -> ViTConfig:
 
     Returns:
       The config; `image_size` follows from the position embedding, `representation_size` from a
-      `pre_logits` layer when the file has one.
+      `pre_logits` layer when the file has one, `pool="gap"` from an `fc_norm` (MAE's finetuned
+      files; its pretraining file holds no sign of how it pools: `model.family=mae` says so).
+      Head counts of timm-layout files are assumed at 64 per head (`timm_vit.heads_for`).
     """
     try:
         query = flat["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"]
@@ -183,6 +185,7 @@ def config_from_checkpoint(flat: Mapping[str, np.ndarray]) -> ViTConfig:
         mlp_dim=int(mlp.shape[1]),
         image_size=grid * patch,
         representation_size=None if representation is None else int(representation.shape[1]),
+        pool="gap" if "fc_norm/scale" in flat else "token",
     )
 
 

@@ -185,6 +185,11 @@ class SwinTransformer(nn.Module):
         if from_features:
             return self._classify(images.astype(jnp.float32), {})
         cfg = self.config
+        if images.ndim != 4 or images.shape[1:3] != (cfg.image_size, cfg.image_size):
+            raise ValueError(  # the windows and shift masks are laid out for config.image_size
+                f"images must be NHWC of side {cfg.image_size} (config.image_size); "
+                f"got shape {images.shape}"
+            )
         backbone_train = train if backbone_train is None else backbone_train
         deterministic = not backbone_train
         out: dict[str, Array] = {}

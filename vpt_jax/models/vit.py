@@ -123,7 +123,7 @@ class ViTConfig:
             valid = ", ".join(BACKBONE_CONFIGS)
             raise ValueError(f"unknown ViT backbone {name!r}; use one of: {valid}")
         fields = {**BACKBONE_CONFIGS[name], **overrides}
-        return cls.from_variant(fields.pop("variant"), **fields)
+        return dataclasses.replace(cls.from_variant(fields.pop("variant")), **fields)
 
     @property
     def grid_size(self) -> int:
