@@ -110,7 +110,7 @@ def _block(sd, prefix, x, resolution, window, shift, heads, p, per_image):
     if per_image:
         prompts = prompts.reshape(b, nw, p, c).mean(1)
     else:
-        prompts = prompts.reshape(-1, b, p, c).mean(0)
+        prompts = prompts.reshape(nw, b, p, c).mean(0)
     x = window_reverse(attended.reshape(-1, window, window, c), window, resolution, resolution)
     if shift:
         x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
