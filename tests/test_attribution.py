@@ -433,3 +433,24 @@ def test_figures_normalise_as_the_runs_were_trained():
     assert trained_normalization({"extra": {}}, {}) == "inception"  # older artifacts: clean
     with pytest.raises(UserError, match="trained on imagenet inputs and the VPT one on inception"):
         trained_normalization(ref, {"extra": {"normalization": "inception"}})
+
+
+def test_attribution_refuses_a_swin_run_in_one_line(tmp_path):
+    from vpt_jax.models.swin import SwinConfig, SwinTransformer
+
+    config = SwinConfig(
+        embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=2, patch_size=4, image_size=16
+    )
+    from vpt_jax.models.family import layout_of
+
+    model = SwinTransformer(config, 3)
+    params = random_params(model)
+    strategy = get_strategy("full", layout=layout_of(config))
+    export_artifact(
+        tmp_path / "swin_ft.npz", params, strategy=strategy, config=config, num_classes=3
+    )
+    with pytest.raises(UserError, match="trained on a swin backbone; GradCAM and Integrated") as e:
+        figures.load_runs(tmp_path / "swin_ft.npz", tmp_path / "swin_ft.npz", tmp_path / "none.npz")
+    assert "\n" not in str(e.value)  # refused before the (missing) base checkpoint is read
+    with pytest.raises(UserError, match="supports ViT classifiers .* got a SwinTransformer"):
+        classifier.check_inputs(model, IMAGES)

@@ -58,6 +58,30 @@ def test_vit_extractor_with_a_representation_layer(tmp_path):
     assert extractor.fn(np.zeros((2, 16, 16, 3), np.uint8)).shape == (2, 24)
 
 
+def test_vit_extractor_reads_a_timm_safetensors_file_as_the_same_feature_space(tmp_path):
+    from vpt_jax.models import timm_vit, torch_files
+
+    # timm files do not store the head count: it follows from the width (one head at 32).
+    one_head = write_tiny_vit(tmp_path / "vit_tiny.npz", dataclasses.replace(TINY, num_heads=1))
+    flat, _ = to_canonical(read_npz(one_head))
+    path = str(tmp_path / "vit_tiny.safetensors")
+    torch_files.write_safetensors(path, timm_vit.from_canonical(flat))
+    from_timm = vit_extractor(path)
+    assert (from_timm.dim, from_timm.image_size) == (32, 16)
+    assert from_timm.name.startswith("vit-vit_tiny-")
+    images = get_dataset("procedural:objects", "train4", image_size=16).materialize().images
+    np.testing.assert_allclose(
+        from_timm.fn(images), vit_extractor(one_head).fn(images), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_vit_extractor_refuses_a_swin_checkpoint_in_one_line(tmp_path):
+    atomic_write_npz(tmp_path / "swin.npz", {"patch_embed/proj/kernel": np.zeros((4, 4, 3, 8))})
+    with pytest.raises(UserError, match="holds a swin backbone .*use --features inception") as e:
+        vit_extractor(tmp_path / "swin.npz")
+    assert "\n" not in str(e.value)
+
+
 def test_vit_extractor_refuses_an_inconsistent_file(checkpoint, tmp_path):
     flat = read_npz(checkpoint)
     del flat["Transformer/encoder_norm/scale"]

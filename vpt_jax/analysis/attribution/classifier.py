@@ -29,8 +29,13 @@ def check_inputs(model: VisionTransformer, images: Any) -> Array:
       model: must be a `VisionTransformer` classifier (`num_classes` set).
       images: `(B, H, W, C)` normalised float model inputs.
     """
-    if not isinstance(model, VisionTransformer) or not model.num_classes:
-        raise UserError("attribution needs a VisionTransformer classifier (num_classes set)")
+    if not isinstance(model, VisionTransformer):
+        raise UserError(
+            f"attribution supports ViT classifiers (families vit, mae, moco_v3); got a "
+            f"{type(model).__name__}"
+        )
+    if not model.num_classes:
+        raise UserError("attribution needs a classifier: a VisionTransformer with num_classes set")
     if np.ndim(images) != 4:
         raise UserError(f"images must be NHWC (B, H, W, C); got shape {np.shape(images)}")
     if not jnp.issubdtype(jnp.asarray(images).dtype, jnp.floating):

@@ -97,8 +97,15 @@ def load_runs(
                 f"the artifacts differ in {field}: {ft_value} (FT), {vpt_value} (VPT); compare "
                 "two runs of the same task"
             )
-    # Loading the backbone is the slow part: do it once and put each task on top of it.
     backbone_config = config_from_dict(ft_meta["config"])
+    family = family_of(backbone_config).name
+    if family != "vit":
+        raise UserError(
+            f"{os.fspath(ft_artifact)} was trained on a {family} backbone; GradCAM and Integrated "
+            "Gradients figures support ViT backbones (vit, mae, moco_v3): GradCAM reads one "
+            "token grid, which Swin's merged, windowed stages do not have"
+        )
+    # Loading the backbone is the slow part: do it once and put each task on top of it.
     backbone = load_pretrained(base, family_of(backbone_config).build_model(backbone_config, None))
     ft_model, ft_params, _ = load_artifact(ft_artifact, backbone)
     vpt_model, vpt_params, _ = load_artifact(vpt_artifact, backbone)

@@ -28,8 +28,7 @@ from vpt_jax.models.checkpoint import (
     CheckpointError,
     config_from_checkpoint,
     describe,
-    read_npz,
-    to_canonical,
+    read_checkpoint,
 )
 from vpt_jax.models.vit import create_model, param_shapes
 
@@ -93,11 +92,13 @@ def vit_extractor(
 ) -> FeatureExtractor:
     """A ViT checkpoint's own feature space (its `pre_logits` features by default).
 
-    The architecture is read from the file, so any google-research layout loads (the ImageNet-21k
-    ViT-B/16, augreg files, or the demo's tiny ViT); images are read at the checkpoint's resolution.
+    The architecture is read from the file, so any ViT layout loads (google-research `.npz`: the
+    ImageNet-21k ViT-B/16, augreg files, the demo's tiny ViT; timm-layout safetensors or PyTorch
+    files: timm, MAE, MoCo v3); images are read at the checkpoint's resolution. Swin checkpoints are
+    refused: their hierarchical features are not a ViT's `pre_logits`.
 
     Args:
-      checkpoint: a ViT `.npz` checkpoint.
+      checkpoint: a ViT checkpoint file.
       feature: the model output to use (`pre_logits`: the features the head reads).
 
     Returns:
@@ -106,7 +107,14 @@ def vit_extractor(
     Raises:
       CheckpointError: a missing or unreadable file, or one that is not a ViT checkpoint.
     """
-    flat, _ = to_canonical(read_npz(checkpoint))
+    read = read_checkpoint(checkpoint)
+    if read.family != "vit":
+        raise CheckpointError(
+            f"{read.path} holds a {read.family} backbone ({read.layout}); --features vit reads ViT "
+            "checkpoints only (google-research .npz, timm / MAE / MoCo v3 files): use --features "
+            "inception for a distance that does not depend on the backbone"
+        )
+    flat = read.flat
     config = config_from_checkpoint(flat)
     model = create_model(config, None)
     # The config comes from the file, so its leaves fit by construction; checking them against the
@@ -144,7 +152,10 @@ def define_extractor_flags(values: flags.FlagValues) -> None:
         "inception", None, "FID Inception weights .npz (--features inception)", flag_values=values
     )
     flags.DEFINE_string(
-        "checkpoint", None, "ViT checkpoint .npz (--features vit)", flag_values=values
+        "checkpoint",
+        None,
+        "ViT checkpoint: .npz, safetensors or .pth (--features vit)",
+        flag_values=values,
     )
 
 
@@ -158,5 +169,7 @@ def extractor_from_flags(values: flags.FlagValues) -> FeatureExtractor:
             )
         return inception_extractor(values.inception)
     if not values.checkpoint:
-        raise UserError("--features vit needs --checkpoint VIT.npz (a google-research ViT .npz)")
+        raise UserError(
+            "--features vit needs --checkpoint VIT (a ViT checkpoint: google-research .npz, timm safetensors)"
+        )
     return vit_extractor(values.checkpoint)
