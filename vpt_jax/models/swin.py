@@ -29,7 +29,6 @@ import jax.numpy as jnp
 
 from vpt_jax.models.additions import (
     ATTENTION,
-    HEAD,
     TOKENS,
     Addition,
     Prompts,
@@ -40,7 +39,7 @@ from vpt_jax.models.additions import extra_tokens as count_extra_tokens
 from vpt_jax.models.drop_path import drop_path_rates
 from vpt_jax.models.precision import check_precision, policy
 from vpt_jax.models.swin_blocks import LN_EPS, PatchMerging, SwinBlock
-from vpt_jax.models.vit import HEAD_INITS
+from vpt_jax.models.vit import HEAD_INITS, classify
 from vpt_jax.models.vit_blocks import PatchEmbedding
 
 Array = jax.Array
@@ -249,19 +248,7 @@ class SwinTransformer(nn.Module):
         return jnp.concatenate([prompts, rest], axis=1)
 
     def _classify(self, x: Array, out: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
-        out["pre_logits"] = x
-        for addition in at_site(self.additions, HEAD):
-            x = addition(x)
-        if self.num_classes:
-            kernel_init, bias_init = HEAD_INITS[self.config.head_init]
-            head = nn.Dense(
-                self.num_classes,
-                kernel_init=self.head_init or kernel_init,
-                bias_init=bias_init,
-                name="head",
-            )
-            x = out["logits"] = head(x)
-        return x, out
+        return classify(self, x, out)
 
 
 class _PatchEmbed(nn.Module):

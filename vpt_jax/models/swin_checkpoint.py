@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from vpt_jax.models import fused_attention
 from vpt_jax.models.swin import SwinConfig
 
 LAYOUTS = ("swin_official", "swin_timm")
@@ -112,17 +113,11 @@ def _block_leaf(prefix: str, leaf: str, value: np.ndarray, sd, key: str) -> dict
         return {key: value}
     heads = table.shape[1]
     if leaf == "attn.proj.weight":
-        c = value.shape[0]
-        return {f"{prefix}/attn/out/kernel": value.reshape(c, heads, c // heads).transpose(1, 2, 0)}
-    c = value.shape[0] // 3
-    out = {}
-    for s, name in enumerate(("query", "key", "value")):
-        part = value[s * c : (s + 1) * c]
-        if leaf.endswith("weight"):
-            out[f"{prefix}/attn/{name}/kernel"] = part.T.reshape(c, heads, c // heads)
-        else:
-            out[f"{prefix}/attn/{name}/bias"] = part.reshape(heads, c // heads)
-    return out
+        return {f"{prefix}/attn/out/kernel": fused_attention.split_proj(value, heads)}
+    weight = leaf.endswith("weight")
+    kind = "kernel" if weight else "bias"
+    parts = fused_attention.split_qkv(value, heads, weight=weight)
+    return {f"{prefix}/attn/{name}/{kind}": v for name, v in parts.items()}
 
 
 def _depths(sd: Mapping[str, np.ndarray]) -> list[int]:
@@ -201,8 +196,7 @@ def from_canonical(flat: Mapping[str, np.ndarray], layout: str = "swin_official"
             if leaf in inverse:
                 out[f"{prefix}.{inverse[leaf]}"] = value.T if leaf.endswith("kernel") else value
             elif leaf == "attn/out/kernel":
-                heads, head_dim, c = value.shape
-                out[f"{prefix}.attn.proj.weight"] = value.transpose(2, 0, 1).reshape(c, -1)
+                out[f"{prefix}.attn.proj.weight"] = fused_attention.fuse_proj(value)
             elif attention:
                 qkv.setdefault((prefix, attention.group(2)), {})[attention.group(1)] = value
             else:
@@ -221,11 +215,6 @@ def from_canonical(flat: Mapping[str, np.ndarray], layout: str = "swin_official"
         else:
             out[key] = value
     for (prefix, kind), parts in qkv.items():
-        ordered = [parts[n] for n in ("query", "key", "value")]
-        if kind == "kernel":
-            out[f"{prefix}.attn.qkv.weight"] = np.concatenate(
-                [p.reshape(p.shape[0], -1).T for p in ordered]
-            )
-        else:
-            out[f"{prefix}.attn.qkv.bias"] = np.concatenate([p.reshape(-1) for p in ordered])
+        leaf = "weight" if kind == "kernel" else "bias"
+        out[f"{prefix}.attn.qkv.{leaf}"] = fused_attention.fuse_qkv(parts, weight=kind == "kernel")
     return out

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from vpt_jax.models import fused_attention
 from vpt_jax.models.npz_layouts import CheckpointError
 
 BLOCK = "Transformer/encoderblock_{}"
@@ -138,20 +139,12 @@ def _block(i: int, leaf: str, value: np.ndarray, sd: Mapping[str, np.ndarray]) -
     if leaf in _BLOCK_LEAVES:
         return {f"{prefix}/{_BLOCK_LEAVES[leaf]}": _dense(leaf, value)}
     if leaf.startswith("attn.qkv."):
-        width = value.shape[0] // 3
-        heads = _heads(i, width, sd)
-        out = {}
-        for s, name in enumerate(("query", "key", "value")):
-            part = value[s * width : (s + 1) * width]
-            if leaf.endswith("weight"):
-                out[f"{prefix}/{_ATTENTION}/{name}/kernel"] = part.T.reshape(width, heads, -1)
-            else:
-                out[f"{prefix}/{_ATTENTION}/{name}/bias"] = part.reshape(heads, -1)
-        return out
+        weight = leaf.endswith("weight")
+        parts = fused_attention.split_qkv(value, _heads(i, value.shape[0] // 3, sd), weight=weight)
+        kind = "kernel" if weight else "bias"
+        return {f"{prefix}/{_ATTENTION}/{name}/{kind}": v for name, v in parts.items()}
     if leaf == "attn.proj.weight":
-        width = value.shape[0]
-        heads = _heads(i, width, sd)
-        kernel = value.reshape(width, heads, width // heads).transpose(1, 2, 0)
+        kernel = fused_attention.split_proj(value, _heads(i, value.shape[0], sd))
         return {f"{prefix}/{_ATTENTION}/out/kernel": kernel}
     if leaf == "attn.proj.bias":
         return {f"{prefix}/{_ATTENTION}/out/bias": value}
@@ -213,10 +206,7 @@ def from_canonical(flat: Mapping[str, np.ndarray], layout: str = "timm") -> dict
                 )
             elif attention and attention.group(1) == "out":
                 if attention.group(2) == "kernel":
-                    heads, head_dim, width = value.shape
-                    out[f"blocks.{i}.attn.proj.weight"] = value.transpose(2, 0, 1).reshape(
-                        width, -1
-                    )
+                    out[f"blocks.{i}.attn.proj.weight"] = fused_attention.fuse_proj(value)
                 else:
                     out[f"blocks.{i}.attn.proj.bias"] = value
             elif attention:
@@ -226,13 +216,10 @@ def from_canonical(flat: Mapping[str, np.ndarray], layout: str = "timm") -> dict
         else:
             out[key] = value
     for (i, kind), parts in qkv.items():
-        ordered = [parts[n] for n in ("query", "key", "value")]
-        if kind == "kernel":
-            out[f"blocks.{i}.attn.qkv.weight"] = np.concatenate(
-                [p.reshape(p.shape[0], -1).T for p in ordered]
-            )
-        else:
-            out[f"blocks.{i}.attn.qkv.bias"] = np.concatenate([p.reshape(-1) for p in ordered])
+        leaf = "weight" if kind == "kernel" else "bias"
+        out[f"blocks.{i}.attn.qkv.{leaf}"] = fused_attention.fuse_qkv(
+            parts, weight=kind == "kernel"
+        )
     if layout == "moco_v3":
         out = {f"module.{k}": v for k, v in out.items()}
     return out

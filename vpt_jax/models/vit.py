@@ -290,21 +290,28 @@ class VisionTransformer(nn.Module):
         return self._classify(x, out)
 
     def _classify(self, x: Array, out: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
-        """The head-site additions and the head on the pooled features `x` (float32)."""
-        cfg = self.config
-        out["pre_logits"] = x
-        for addition in at_site(self.additions, HEAD):
-            x = addition(x)
-        if self.num_classes:
-            kernel_init, bias_init = HEAD_INITS[cfg.head_init]
-            head = nn.Dense(
-                self.num_classes,
-                kernel_init=self.head_init or kernel_init,
-                bias_init=bias_init,
-                name="head",
-            )
-            x = out["logits"] = head(x)
-        return x, out
+        return classify(self, x, out)
+
+
+def classify(model: Any, x: Array, out: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
+    """The head-site additions and the head on pooled features `x` (float32), for any family.
+
+    Called from a model's compact method (`model.additions`, `num_classes`, `head_init` and
+    `config.head_init` as `VisionTransformer`'s); the head is created as its child `head`.
+    """
+    out["pre_logits"] = x
+    for addition in at_site(model.additions, HEAD):
+        x = addition(x)
+    if model.num_classes:
+        kernel_init, bias_init = HEAD_INITS[model.config.head_init]
+        head = nn.Dense(
+            model.num_classes,
+            kernel_init=model.head_init or kernel_init,
+            bias_init=bias_init,
+            name="head",
+        )
+        x = out["logits"] = head(x)
+    return x, out
 
 
 def create_model(

@@ -19,7 +19,7 @@ import ml_collections
 from vpt_jax.errors import UserError
 from vpt_jax.models.checkpoint import Checkpoint, config_from_checkpoint
 from vpt_jax.models.precision import check_precision
-from vpt_jax.models.vit import ViTConfig
+from vpt_jax.models.vit import BACKBONE_CONFIGS, ViTConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,13 @@ class Backbone:
     drop_path: float  # stochastic depth of the official finetuning code (runs only under FT)
     vit_fields: tuple[tuple[str, Any], ...] = ()  # ViTConfig fields its pretraining fixes
     files: str = ""  # where its weights come from (for messages and the README)
+
+
+def _pretraining_fields(name: str) -> tuple[tuple[str, Any], ...]:
+    """The architecture fields of `vit.BACKBONE_CONFIGS[name]` that its pretraining fixes."""
+    return tuple(
+        (k, v) for k, v in BACKBONE_CONFIGS[name].items() if k in ("pool", "frozen_posemb")
+    )
 
 
 BACKBONES = {
@@ -48,16 +55,16 @@ BACKBONES = {
             "mae",
             "vit",
             ("mae", "timm"),
-            0.1,
-            vit_fields=(("pool", "gap"),),
+            BACKBONE_CONFIGS["mae"]["drop_path_rate"],
+            vit_fields=_pretraining_fields("mae"),
             files="mae_pretrain_vit_base.pth (or its .safetensors conversion)",
         ),
         Backbone(
             "moco_v3",
             "vit",
             ("moco_v3", "timm"),
-            0.0,
-            vit_fields=(("frozen_posemb", True),),
+            BACKBONE_CONFIGS["moco_v3"].get("drop_path_rate", 0.0),
+            vit_fields=_pretraining_fields("moco_v3"),
             files="linear-vit-b-300ep.pth.tar or vit-b-300ep.pth.tar (or a conversion)",
         ),
         Backbone(
