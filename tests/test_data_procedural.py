@@ -28,13 +28,22 @@ def test_every_task_is_deterministic_and_in_range(name: str) -> None:
 def test_groups_mirror_the_study() -> None:
     groups = {t.name: t.group for t in data.PROCEDURAL_TASKS.values()}
     assert groups["pretrain"] == "pretraining"
-    assert {n for n, g in groups.items() if g == "natural"} == {"objects", "textures"}
+    assert {n for n, g in groups.items() if g == "natural"} == {
+        "objects",
+        "shapes",
+        "digits",
+        "textures",
+    }
     assert {n for n, g in groups.items() if g == "structured"} == {
         "count",
         "distance",
         "location",
         "orientation",
+        "scene_count",
+        "scene_location",
     }
+    # The demo's new classes are shapes pretraining never shows.
+    assert not set(data.get_procedural_task("shapes").class_names) & set(procedural.draw.SHAPES)
     # The natural 'objects' classes are the pretraining shapes: a task close to pretraining.
     pretrain_shapes = {c.split("/")[0] for c in data.get_procedural_task("pretrain").class_names}
     assert set(data.get_procedural_task("objects").class_names) == pretrain_shapes
@@ -90,8 +99,8 @@ def test_count_label_is_the_number_of_objects() -> None:
 
 
 def test_unknown_task_and_split() -> None:
-    with pytest.raises(UserError, match="unknown procedural task 'shapes'.*objects"):
-        data.get_dataset("procedural:shapes", "train10")
+    with pytest.raises(UserError, match="unknown procedural task 'shapez'.*objects"):
+        data.get_dataset("procedural:shapez", "train10")
     with pytest.raises(UserError, match="unknown split 'train'"):
         data.get_dataset("procedural:objects", "train")
 

@@ -9,7 +9,11 @@ group: the study finds visual prompt tuning preferable where the task is far fro
 | --- | --- | --- | --- |
 | pretrain | pretraining | shape x texture (40) | ImageNet-21k |
 | objects | natural | shape of a textured object in clutter (10) | caltech101, cifar |
+| shapes | natural | a shape pretraining never shows, rendered as pretraining's (6) | new classes |
+| digits | natural | real handwritten digit scans (UCI), light on dark (10) | svhn, mnist |
 | textures | natural | texture of the whole image (5) | dtd |
+| scene_count | structured | number of textured objects in clutter, 1..5 (5) | clevr_count |
+| scene_location | structured | x position of a textured object in clutter, 5 bins (5) | dsprites_loc |
 | count | structured | number of flat objects on grey, 1..6 (6) | clevr_count |
 | distance | structured | depth of the nearest object, 4 bins (4) | clevr_distance |
 | location | structured | x position of a white sprite on black, 8 bins (8) | dsprites_location |
@@ -31,6 +35,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from vpt_jax.data import procedural_draw as draw
+from vpt_jax.data.procedural_digits import render_digit
 from vpt_jax.data.source import DataSource
 from vpt_jax.data.splits import parse_sized_split
 from vpt_jax.errors import UserError
@@ -44,8 +49,12 @@ ORIENTATION_BINS = 8
 DEPTH_BINS = 4
 MAX_COUNT = 6
 
-# Renders one image of a given label: (rng, image size, label) -> uint8 (S, S, 3).
-Renderer = Callable[[np.random.Generator, int, int], np.ndarray]
+SCENE_BINS = 5
+SCENE_MAX_COUNT = 5
+
+# Renders one image of a given label: (rng, image size, label) -> uint8 (S, S, 3); tasks with
+# `by_stream` also get the stream (`digits`: each stream draws from its own real scans).
+Renderer = Callable[..., np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +65,7 @@ class ProceduralTask:
     group: str  # natural | structured | pretraining
     class_names: tuple[str, ...]
     render: Renderer
+    by_stream: bool = False  # render(rng, size, label, stream)
 
     @property
     def num_classes(self) -> int:
@@ -69,6 +79,37 @@ def _textured_object(rng: np.random.Generator, size: int, shape: str, texture: s
     mask = draw.shape_mask(size, shape, cy, cx, radius, rng.uniform(0, 2 * np.pi))
     canvas = draw.paint(canvas, mask, draw.textured_fill(rng, size, texture))
     return draw.to_uint8(canvas, rng, noise=0.04)
+
+
+def _render_shapes(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
+    texture = str(rng.choice(PRETRAIN_TEXTURES))
+    return _textured_object(rng, size, draw.NEW_SHAPES[label], texture)
+
+
+def _scene(rng: np.random.Generator, size: int, centres: list, radius: float) -> np.ndarray:
+    """Textured pretraining shapes at `centres` on a cluttered background (pretraining's look)."""
+    canvas = draw.natural_background(rng, size)
+    for cy, cx in centres:
+        shape, texture = str(rng.choice(draw.SHAPES)), str(rng.choice(PRETRAIN_TEXTURES))
+        mask = draw.shape_mask(size, shape, cy, cx, radius, rng.uniform(0, 2 * np.pi))
+        canvas = draw.paint(canvas, mask, draw.textured_fill(rng, size, texture))
+    return draw.to_uint8(canvas, rng, noise=0.04)
+
+
+def _render_scene_count(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
+    radius = rng.uniform(0.1, 0.13)
+    centres: list[np.ndarray] = []
+    while len(centres) < label + 1:  # apart, so that they can be counted
+        candidate = rng.uniform(radius, 1 - radius, 2)
+        if all(np.hypot(*(candidate - c)) > 2.2 * radius for c in centres):
+            centres.append(candidate)
+    return _scene(rng, size, centres, radius)
+
+
+def _render_scene_location(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
+    radius = rng.uniform(0.14, 0.2)
+    cx = radius + (label + rng.uniform()) * (1 - 2 * radius) / SCENE_BINS
+    return _scene(rng, size, [(rng.uniform(radius, 1 - radius), cx)], radius)
 
 
 def _render_pretrain(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
@@ -162,6 +203,22 @@ _TASK_LIST = (
         _render_pretrain,
     ),
     ProceduralTask("objects", "natural", draw.SHAPES, _render_objects),
+    ProceduralTask("shapes", "natural", draw.NEW_SHAPES, _render_shapes),
+    ProceduralTask(
+        "digits", "natural", tuple(str(d) for d in range(10)), render_digit, by_stream=True
+    ),
+    ProceduralTask(
+        "scene_count",
+        "structured",
+        tuple(f"{n} objects" for n in range(1, SCENE_MAX_COUNT + 1)),
+        _render_scene_count,
+    ),
+    ProceduralTask(
+        "scene_location",
+        "structured",
+        tuple(f"x bin {i}" for i in range(SCENE_BINS)),
+        _render_scene_location,
+    ),
     ProceduralTask("textures", "natural", TEXTURE_CLASSES, _render_textures),
     ProceduralTask(
         "count", "structured", tuple(f"{n} objects" for n in range(1, MAX_COUNT + 1)), _render_count
@@ -214,6 +271,8 @@ def render_example(
     """
     rng = np.random.default_rng([zlib.crc32(task.name.encode()), STREAMS[stream], seed, index])
     label = int(rng.integers(task.num_classes))  # drawn first: classes are balanced in expectation
+    if task.by_stream:
+        return task.render(rng, image_size, label, stream), label
     return task.render(rng, image_size, label), label
 
 

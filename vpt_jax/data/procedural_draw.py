@@ -24,6 +24,8 @@ SHAPES = (
     "crescent",
     "semidisc",
 )
+# Shapes the pretraining task never shows: the demo's "new classes rendered like pretraining".
+NEW_SHAPES = ("pentagon", "heart", "arrow", "ell", "tee", "ellipse")
 TEXTURES = ("solid", "stripes", "checker", "dots", "rings", "noise")
 
 
@@ -66,6 +68,25 @@ _SDF: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "bar": lambda u, v: np.minimum(1 - np.abs(u), 0.3 - np.abs(v)),
     "crescent": lambda u, v: np.minimum(1 - np.hypot(u, v), np.hypot(u - 0.5, v) - 0.8),
     "semidisc": lambda u, v: np.minimum(1 - np.hypot(u, v), v),
+    # NEW_SHAPES: unions (max) and intersections (min) of discs, bars and half-planes.
+    "pentagon": _polygon(5),
+    "heart": lambda u, v: np.maximum(
+        np.maximum(0.5 - np.hypot(u + 0.38, v + 0.3), 0.5 - np.hypot(u - 0.38, v + 0.3)),
+        np.minimum(v + 0.3, 0.6 * (0.95 - v) - 0.8 * np.abs(u)),
+    ),
+    "arrow": lambda u, v: np.maximum(
+        np.minimum(0.6 - np.abs(u + 0.35), 0.17 - np.abs(v)),
+        np.minimum(u - 0.15, 0.6 * (1 - u) - np.abs(v)),
+    ),
+    "ell": lambda u, v: np.maximum(
+        np.minimum(0.25 - np.abs(u + 0.6), 0.9 - np.abs(v)),
+        np.minimum(0.25 - np.abs(v - 0.65), 0.85 - np.abs(u)),
+    ),
+    "tee": lambda u, v: np.maximum(
+        np.minimum(0.25 - np.abs(v + 0.65), 0.9 - np.abs(u)),
+        np.minimum(0.25 - np.abs(u), 0.9 - np.abs(v)),
+    ),
+    "ellipse": lambda u, v: 0.5 * (1 - np.hypot(u, v / 0.5)),
 }
 
 

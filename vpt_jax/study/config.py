@@ -33,6 +33,22 @@ def study_config() -> ml_collections.ConfigDict:
     s.num_prompts = 0  # prompt length; 0: the per-task lengths of the paper (VTAB), else 10
     s.train_sizes = ()  # data scaling: training sizes (train:val = 4:1); (): the VTAB-1k splits
     s.shots = 0  # k-shot study: k examples per class in train and val; 0: all
+    # A data-scaling sweep beside the standard splits, for some datasets x strategies only (the
+    # demo's): each size n trains on train{n} (val n/4) as train_sizes do; a size equal to the
+    # standard splits' (train800 for VTAB-1k) is the standard run itself, not a second one.
+    s.scaling = ml_collections.ConfigDict()  # see above
+    s.scaling.datasets = ()  # see above
+    s.scaling.strategies = ()  # see above
+    s.scaling.sizes = ()  # see above; (): no sweep
+
+    # The report's quadrant section (vpt_jax.study.quadrant_report): each task's FID to the
+    # pretraining data, its quadrant, the measured FT-vs-VPT winner and the advisor's verdict.
+    s.quadrants = ml_collections.ConfigDict()  # see above
+    s.quadrants.reference = ""  # pretraining data: a dataset name or statistics .npz; "": none
+    s.quadrants.features = "vit"  # vit: the run's backbone checkpoint's own features; inception
+    s.quadrants.inception = ""  # FID Inception weights .npz (features=inception)
+    s.quadrants.num_images = 1000  # images per dataset and of the reference
+    s.quadrants.fid_threshold = 0.0  # similar at or below it; 0: the median FID of the tasks
 
     s.search = ml_collections.ConfigDict()  # phase 1: the grid, scored on validation
     s.search.train_split = "train800"  # trained on

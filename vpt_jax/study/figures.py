@@ -1,9 +1,12 @@
 """The study's figures (matplotlib, PNG, written atomically).
 
 * `loss_curves.png`: train (solid) and test (dashed) loss per epoch of the final runs, mean over
-  seeds, one panel per task, one colour per strategy (the paper's Figure 5).
-* `scaling.png`: test top-1 against training-set size on a log axis, FT solid, VPT dotted, other
-  strategies dashed (Figure 4); written when the study has data-scaling sizes.
+  seeds, one panel per task, one colour per strategy, log loss axis, one legend outside the
+  panels (the paper's Figure 5).
+* `scaling.png`: test top-1 (mean ± std over seeds) against training-set size on a log axis, FT
+  solid, VPT dotted, other strategies dashed (Figure 4); written when the study has data-scaling
+  sizes (`study.train_sizes` or a `study.scaling` sweep, whose standard-split point is drawn at
+  the standard training size).
 * `wins.png`: each strategy's mean test top-1 minus FT's, per task (green: better than FT).
 """
 
@@ -20,9 +23,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
 
 from vpt_jax import atomic
 from vpt_jax.data import parse_dataset
+from vpt_jax.study import protocol
 from vpt_jax.train import records
 
 
@@ -76,51 +81,74 @@ def loss_curves(finals: dict[tuple, dict[str, Any]], eval_split: str, path: str)
     n = len(curves)
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(5.0 * cols + 2.2, 3.9 * rows), squeeze=False, layout="constrained"
+    )
     for ax, (task, by_strategy) in zip(axes.flat, sorted(curves.items()), strict=False):
         for strategy, (epochs, train, test) in sorted(by_strategy.items()):
-            ax.plot(epochs, train, "-", color=colors[strategy], label=f"{strategy} train")
-            ax.plot(epochs, test, "--", color=colors[strategy], label=f"{strategy} test")
-        ax.set_title(task)
+            ax.plot(epochs, train, "-", color=colors[strategy], lw=1.6)
+            ax.plot(epochs, test, "--", color=colors[strategy], lw=1.6)
+        ax.set_yscale("log")  # one strategy's spike does not flatten the others
+        ax.set_title(task, fontsize=11)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
+        ax.set_ylabel("loss (log)")
+        ax.grid(alpha=0.3, which="both")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle("Train (solid) and test (dashed) loss, mean over seeds")
+    handles = [Line2D([], [], color=colors[s], lw=2, label=s) for s in strategies] + [
+        Line2D([], [], color="black", ls="-", label="train"),
+        Line2D([], [], color="black", ls="--", label="test"),
+    ]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
+    fig.suptitle("Train (solid) and test (dashed) loss per epoch, mean over seeds", fontsize=12)
     return _save(fig, path)
 
 
-def scaling(rows: list[dict[str, Any]], ft: str, vpt: str, path: str) -> str | None:
-    points = [r for r in rows if r["size"] and not r["shots"]]
-    if not points:
+def scaling(
+    rows: list[dict[str, Any]], ft: str, vpt: str, path: str, standard: int = 0
+) -> str | None:
+    """Accuracy against training size with the std over seeds as error bars; the standard splits'
+    results are drawn at `standard` (their training size) for the tasks and strategies of the
+    sweep (0: only the sweep's sizes)."""
+    swept = {(r["task"], r["strategy"]) for r in rows if r["size"] and not r["shots"]}
+    points = [
+        r if r["size"] else {**r, "size": standard}
+        for r in rows
+        if not r["shots"] and (r["size"] or (standard and (r["task"], r["strategy"]) in swept))
+    ]
+    if not swept:
         return None
     tasks = sorted({r["task"] for r in points})
     strategies = sorted({r["strategy"] for r in points})
     colors = _colors(strategies)
     cols = min(len(tasks), 4)
     nrows = -(-len(tasks) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(4.6 * cols + 1.8, 3.6 * nrows), squeeze=False, layout="constrained"
+    )
     for ax, task in zip(axes.flat, tasks, strict=False):
         for strategy in strategies:
             series = sorted(
-                (r["size"], r["mean"])
+                (r["size"], r["mean"], r["std"])
                 for r in points
                 if r["task"] == task and r["strategy"] == strategy
             )
             if not series:
                 continue
             style = "-" if strategy == ft else (":" if strategy == vpt else "--")
-            sizes, means = zip(*series, strict=True)
-            ax.plot(sizes, means, style, marker="o", color=colors[strategy], label=strategy)
+            sizes, means, stds = zip(*series, strict=True)
+            ax.errorbar(sizes, means, yerr=stds, fmt=style, marker="o", capsize=3,
+                        color=colors[strategy], label=strategy)  # fmt: skip
         ax.set_xscale("log")
-        ax.set_title(task)
+        ax.set_title(task, fontsize=11)
         ax.set_xlabel("training examples")
         ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"Accuracy vs training size ({ft} solid, {vpt} dotted)")
+    handles = [Line2D([], [], color=colors[s], marker="o", label=s) for s in strategies]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
+    fig.suptitle(f"Accuracy vs training size, mean ± std over seeds ({ft} solid, {vpt} dotted)")
     return _save(fig, path)
 
 
@@ -153,7 +181,13 @@ def write_figures(config, store, rows, finals, out_dir: str) -> list[str]:
     study = config.study
     written = [
         loss_curves(finals, study.final.eval_split, os.path.join(out_dir, "loss_curves.png")),
-        scaling(rows, study.ft_strategy, study.vpt_strategy, os.path.join(out_dir, "scaling.png")),
+        scaling(
+            rows,
+            study.ft_strategy,
+            study.vpt_strategy,
+            os.path.join(out_dir, "scaling.png"),
+            protocol.standard_size(study),
+        ),
         wins(rows, study.ft_strategy, os.path.join(out_dir, "wins.png")),
     ]
     return [w for w in written if w]

@@ -54,10 +54,9 @@ def inherited_settings(
                     settings[(name, dataset, size, shots)] = (chosen.lr, chosen.weight_decay)
         else:
             template = config.run.ft_stage
-            for dataset in study.datasets:
-                for size, shots in protocol.points(study):
-                    settings[(name, dataset, size, shots)] = (template.lr, template.weight_decay)
-    per_stage = len(study.datasets) * len(protocol.points(study))
+            for dataset, _, size, shots in protocol.groups(study):
+                settings[(name, dataset, size, shots)] = (template.lr, template.weight_decay)
+    per_stage = len({(d, size, shots) for d, _, size, shots in protocol.groups(study)})
     return settings, len(settings) == len(needed) * per_stage
 
 

@@ -23,6 +23,7 @@ import ml_collections
 from vpt_jax import config as config_lib
 from vpt_jax import recipe
 from vpt_jax.data import parse_dataset, scaling_splits
+from vpt_jax.data.splits import parse_sized_split
 from vpt_jax.errors import UserError
 from vpt_jax.tuning.strategies import STRATEGIES, get_strategy
 
@@ -122,6 +123,38 @@ def points(study: ml_collections.ConfigDict) -> list[tuple[int, int]]:
     return list(itertools.product(sizes, shots))
 
 
+def standard_size(study: ml_collections.ConfigDict) -> int:
+    """The training size the standard splits stand for (train800 for VTAB-1k), or 0 if unsized."""
+    train = parse_sized_split(str(study.search.train_split))
+    val = parse_sized_split(str(study.search.eval_split))
+    if not train or not val or train.val or val.train or val.val * 4 != train.train:
+        return 0  # not the train{n} / val{n/4} pair a scaling size n trains on
+    return train.train
+
+
+def groups(study: ml_collections.ConfigDict) -> list[tuple[str, str, int, int]]:
+    """Every (dataset, strategy, size, shots) group of a study, in order.
+
+    The cross product of datasets, strategies and `points`, then `study.scaling`'s extra sweep
+    (its datasets x strategies x sizes); a sweep size equal to `standard_size` is the standard
+    group itself (the same splits), so it is not planned twice.
+    """
+    out = list(
+        (d, s, size, shots)
+        for d, s, (size, shots) in itertools.product(
+            study.datasets, study.strategies, points(study)
+        )
+    )
+    sweep = study.get("scaling")
+    if sweep is not None and sweep.sizes:
+        same = standard_size(study) if not study.train_sizes and not study.shots else -1
+        for d, s, n in itertools.product(sweep.datasets, sweep.strategies, sweep.sizes):
+            group = (d, s, 0 if n == same else n, 0)
+            if group not in out:
+                out.append(group)
+    return out
+
+
 def check_study(study: ml_collections.ConfigDict) -> None:
     """One-line errors for a study config, before any run starts."""
     if not study.datasets:
@@ -153,6 +186,20 @@ def check_study(study: ml_collections.ConfigDict) -> None:
                 raise UserError(f"study.grids.{name}.{field} must be >= {least}, got {grid[field]}")
     if any(n <= 0 or n % 4 for n in study.train_sizes):
         raise UserError(f"study.train_sizes must be positive multiples of 4: {study.train_sizes}")
+    sweep = study.get("scaling")
+    if sweep is not None and sweep.sizes:
+        if any(n <= 0 or n % 4 for n in sweep.sizes):
+            raise UserError(f"study.scaling.sizes must be positive multiples of 4: {sweep.sizes}")
+        if not sweep.datasets or not sweep.strategies:
+            raise UserError(
+                "study.scaling.sizes is set but study.scaling.datasets or .strategies is empty; "
+                "name the datasets and strategies of the data-scaling sweep"
+            )
+        unknown = [s for s in sweep.strategies if s not in STRATEGIES]
+        if unknown:
+            raise UserError(
+                f"unknown study.scaling.strategies {unknown}; use some of: {', '.join(STRATEGIES)}"
+            )
     if not study.claim_timeout_s >= MIN_CLAIM_TIMEOUT_S:
         raise UserError(
             f"study.claim_timeout_s must be at least {MIN_CLAIM_TIMEOUT_S:g} s (a claim is refreshed "
@@ -216,9 +263,7 @@ def search_specs(
       run: the run template; given, grid points its recipe trains identically are one (`grid_for`).
     """
     specs = []
-    for dataset, strategy, (size, shots) in itertools.product(
-        study.datasets, study.strategies, points(study)
-    ):
+    for dataset, strategy, size, shots in groups(study):
         earlier = earlier_stage(strategy)
         stage = (0.0, 0.0) if earlier is None else inherited.get((earlier, dataset, size, shots))
         if stage is None:

@@ -20,15 +20,15 @@ import ml_collections
 from absl import flags
 
 from vpt_jax import atomic, cli
-from vpt_jax.data import GROUPS, parse_dataset
+from vpt_jax.data import parse_dataset
 from vpt_jax.errors import UserError
-from vpt_jax.study import figures, protocol
+from vpt_jax.study import figures, protocol, quadrant_report
 from vpt_jax.study.planning import final_metric, missing_runs
+from vpt_jax.study.report_tables import BETTER, WORSE, group_tables, paper_table
 from vpt_jax.study.store import StudyStore
 from vpt_jax.train import records
 
 log = logging.getLogger("vpt_jax")
-GROUP_ORDER = (*GROUPS, "other")  # tables list tasks by group; datasets without one come last
 
 
 def collect(config: ml_collections.ConfigDict, store: StudyStore) -> dict[str, Any]:
@@ -76,95 +76,10 @@ def summarise(finals: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def paper_table(rows: list[dict[str, Any]], ft: str) -> str:
-    """Markdown in the paper's layout: tasks by group, group means, wins against FT, tuned/total."""
-    out = []
-    for (size, shots), point_rows in _by_point(rows).items():
-        title = "VTAB-1k splits" if not size else f"training size {size}"
-        if shots:
-            title += f", {shots}-shot"
-        tasks = sorted({(r["group"], r["task"]) for r in point_rows}, key=_group_key)
-        groups = [g for g in GROUP_ORDER if any(t[0] == g for t in tasks)]
-        header = (
-            [t for _, t in tasks]
-            + [f"{g} mean" for g in groups]
-            + ["mean", f"wins vs {ft}", "tuned/total %"]
-        )
-        out.append(f"### {title}\n")
-        out.append("| strategy | " + " | ".join(header) + " |")
-        out.append("|---" * (len(header) + 1) + "|")
-        cell = {(r["strategy"], r["task"]): r for r in point_rows}
-        for strategy in dict.fromkeys(r["strategy"] for r in point_rows):
-            values = _table_row(cell, strategy, tasks, groups, ft)
-            out.append(f"| {strategy} | " + " | ".join(values) + " |")
-        out.append("")
-    return "\n".join(out)
-
-
-def group_tables(rows: list[dict[str, Any]], ft: str, backbone: str) -> str:
-    """One table per task group, as the paper's per-backbone appendix tables (Tables 7-15): per
-    task, the group mean, wins against `ft` within the group and tuned/total %."""
-    out = []
-    for (size, shots), point_rows in _by_point(rows).items():
-        point = "" if not size else f", training size {size}"
-        point += f", {shots}-shot" if shots else ""
-        for group in GROUP_ORDER:
-            tasks = sorted({(r["group"], r["task"]) for r in point_rows if r["group"] == group})
-            if not tasks:
-                continue
-            header = [t for _, t in tasks] + [f"{group} mean", f"wins vs {ft}", "tuned/total %"]
-            out.append(f"### {backbone}: {group}{point}\n")
-            out.append("| strategy | " + " | ".join(header) + " |")
-            out.append("|---" * (len(header) + 1) + "|")
-            cell = {(r["strategy"], r["task"]): r for r in point_rows}
-            for strategy in dict.fromkeys(r["strategy"] for r in point_rows):
-                values = _table_row(cell, strategy, tasks, [group], ft)
-                del values[len(tasks) + 1]  # the overall mean equals the group mean here
-                out.append(f"| {strategy} | " + " | ".join(values) + " |")
-            out.append("")
-    return "\n".join(out)
-
-
 def backbone_name(run: ml_collections.ConfigDict) -> str:
     """The run template's backbone as a table title (`swin B`, `mae B/16`)."""
     family = run.model.get("family", "vit")
     return f"{family} {run.model.variant}"
-
-
-def _table_row(cell: dict, strategy: str, tasks: list, groups: list, ft: str) -> list[str]:
-    """One strategy's cells: per task, per group mean, mean, wins against `ft`, tuned/total."""
-    mine = {t: cell[(strategy, t)] for _, t in tasks if (strategy, t) in cell}
-    values = [
-        f"{mine[t]['mean']:.1f} ± {mine[t]['std']:.1f}" if t in mine else "—" for _, t in tasks
-    ]
-    for g in groups:
-        values.append(_fmt(_mean([mine[t]["mean"] for gg, t in tasks if gg == g and t in mine])))
-    values.append(_fmt(_mean([r["mean"] for r in mine.values()])))
-    wins = [r["mean"] > cell[(ft, t)]["mean"] for t, r in mine.items() if (ft, t) in cell]
-    values.append("—" if strategy == ft else f"{sum(wins)}/{len(wins)}")
-    values.append(_fmt(_mean([r["tuned_percent"] for r in mine.values()]), 3))
-    return values
-
-
-def _by_point(rows):
-    points: dict[tuple, list] = defaultdict(list)
-    for r in rows:
-        points[(r["size"], r["shots"])].append(r)
-    return dict(sorted(points.items()))
-
-
-def _group_key(item):
-    group, task = item
-    return (GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER), task)
-
-
-def _mean(values):
-    values = [v for v in values if not math.isnan(v)]
-    return statistics.fmean(values) if values else math.nan
-
-
-def _fmt(value: float, digits: int = 1) -> str:
-    return "—" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -189,7 +104,8 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
         "# Study report",
         "",
         f"Test top-1 (%) of the selected setting, mean ± std over seeds; "
-        f"wins: tasks where the strategy's mean beats {ft}.",
+        f"wins: tasks where the strategy's mean beats {ft}; {BETTER} / {WORSE}: better / worse "
+        f"than {ft} by more than the pooled std of the two (significant at this seed count).",
         "",
         paper_table(rows, ft),
     ]
@@ -199,6 +115,10 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
             "",
             group_tables(rows, ft, backbone_name(config.run)),
         ]
+    quadrant_files: list[str] = []
+    if quadrant_report.enabled(config.study):
+        section, quadrant_files = quadrant_report.write_section(config, workdir, rows, out_dir)
+        lines += ["", *section, ""]
     if missing or waiting:
         lines += (
             [
@@ -217,6 +137,7 @@ def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     else:
         lines.append("All runs finished.")
     figures_written = figures.write_figures(config, store, rows, finals, out_dir)
+    figures_written += [f for f in quadrant_files if f.endswith(".png")]
     lines += ["", "Figures: " + ", ".join(os.path.basename(f) for f in figures_written)]
     atomic.write_text(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
     atomic.write_text(os.path.join(out_dir, "results.csv"), to_csv(rows))

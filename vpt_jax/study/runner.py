@@ -7,7 +7,6 @@ run resumes from its checkpoints when the run is claimed again; finished runs ar
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -18,7 +17,7 @@ import jax
 import ml_collections
 
 from vpt_jax.errors import UserError
-from vpt_jax.study import protocol
+from vpt_jax.study import protocol, quadrant_report
 from vpt_jax.study.config import study_config
 from vpt_jax.study.planning import plan
 from vpt_jax.study.protocol import SEARCH, RunSpec
@@ -68,9 +67,9 @@ def check_runs(config: ml_collections.ConfigDict) -> None:
     once."""
     study = config.study
     protocol.check_template(config.run, study_config().run, config.study.grids)
+    quadrant_report.check(config)
     checkpoint = None
-    groups = itertools.product(study.datasets, study.strategies, protocol.points(study))
-    for dataset, strategy, (size, shots) in groups:
+    for dataset, strategy, size, shots in protocol.groups(study):
         example = RunSpec(SEARCH, dataset, strategy, size, shots, 1.0, 0.0, study.search.seed)
         setup = build_run(protocol.run_config(config, example), 1, checkpoint=checkpoint)
         checkpoint = setup.checkpoint

@@ -175,8 +175,9 @@ def render_comparison(
     # Maps go over a grey copy of the input: colours then belong to the map alone.
     grey = np.asarray(pixels, np.float32).mean(-1) / (255.0 if pixels.dtype == np.uint8 else 1.0)
     # A bare Figure (no pyplot): no global state, no GUI backend, safe in threads and notebooks.
-    figure = Figure(figsize=(3 * 2.4, rows * 2.4 + 0.4), layout="constrained")
+    figure = Figure(figsize=(3 * 2.8 + 1.0, rows * 2.8 + 0.6), layout="constrained")
     axes = figure.subplots(rows, 3, squeeze=False)
+    shown = None
     for row in range(rows):
         for col, overlay in enumerate((None, ft_maps[row], vpt_maps[row])):
             ax = axes[row, col]
@@ -184,11 +185,16 @@ def render_comparison(
                 ax.imshow(pixels[row])
             else:
                 ax.imshow(grey[row], cmap="gray", vmin=0.0, vmax=1.0)
-                ax.imshow(overlay, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
-            ax.set_title(titles[row][col], fontsize=8)
+                shown = ax.imshow(overlay, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+            ax.set_title(titles[row][col], fontsize=10)
             ax.set_axis_off()
+    if shown is not None:  # every map is scaled to [0, 1] per image: one bar reads them all
+        figure.colorbar(
+            shown, ax=axes[:, 1:].ravel().tolist(), shrink=min(0.9, 0.25 + 0.15 * rows),
+            label="attribution (per-image min-max scaled)",
+        )  # fmt: skip
     if suptitle:
-        figure.suptitle(suptitle, fontsize=9)
+        figure.suptitle(suptitle, fontsize=11)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     atomic.write_bytes(path, buffer.getvalue())
