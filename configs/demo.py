@@ -80,6 +80,7 @@ def get_config(arg: str | None = None):
     s.scaling.strategies = ("full", "vpt_deep")
     s.scaling.sizes = (160, 1600)  # 160: the main study's runs
     s.quadrants.reference = "procedural:pretrain"
+    s.quadrants.reference_split = "test"  # pretraining images the backbone never trained on
     s.quadrants.features = "vit"  # the demo backbone's own features (no Inception weights)
     s.quadrants.num_images = 1000
     s.grids.prompt.lrs = (1.0, 0.25)  # x 32/256

@@ -45,6 +45,7 @@ def study_config() -> ml_collections.ConfigDict:
     # pretraining data, its quadrant, the measured FT-vs-VPT winner and the advisor's verdict.
     s.quadrants = ml_collections.ConfigDict()  # see above
     s.quadrants.reference = ""  # pretraining data: a dataset name or statistics .npz; "": none
+    s.quadrants.reference_split = ""  # its split; "": the dataset's default (its training data)
     s.quadrants.features = "vit"  # vit: the run's backbone checkpoint's own features; inception
     s.quadrants.inception = ""  # FID Inception weights .npz (features=inception)
     s.quadrants.num_images = 1000  # images per dataset and of the reference

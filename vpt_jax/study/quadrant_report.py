@@ -79,8 +79,9 @@ def write_section(
     cache = os.path.join(workdir, "statistics")
     data_dir = config.run.data.get("data_dir")
     reference = distance.reference_statistics(
-        q.reference, extractor, num_images=q.num_images, data_dir=data_dir, cache_dir=cache
-    )
+        q.reference, extractor, split=q.reference_split or None, num_images=q.num_images,
+        data_dir=data_dir, cache_dir=cache,
+    )  # fmt: skip
     distances = distance.dataset_distances(
         datasets, reference, extractor, reference_name=q.reference,
         num_images=q.num_images, data_dir=data_dir, cache_dir=cache,
