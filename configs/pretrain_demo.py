@@ -8,7 +8,10 @@ A ViT with patch 8, width 128, 4 blocks, 4 heads (0.83M parameters) learns the 4
 colours, sizes, positions and rotations) at 32x32 from scratch with AdamW: 80,000 images, 24
 epochs, batch 128, peak lr 0.002 after 2 warmup epochs, cosine decay. The final model is written
 in the google-research checkpoint layout (`checkpoint.npz`, with its 40-way head) and ships as
-`vpt_jax/assets/vit_tiny_procedural.npz`. WALL_TIME
+`vpt_jax/assets/vit_tiny_procedural.npz`. On this project's 2-core CPU machine the shipped model took
+28 min 31 s (with other work sharing the cores at times) and reached 29.8% top-1 on test2000 (chance
+2.5%; 53.6% on its last training epoch: it overfits the 80,000 images from epoch 16 on, where the
+test top-1 stops rising at about 30%).
 """
 
 from __future__ import annotations

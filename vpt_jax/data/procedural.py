@@ -99,15 +99,19 @@ def _scene(rng: np.random.Generator, size: int, centres: list, radius: float) ->
 def _render_scene_count(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
     radius = rng.uniform(0.1, 0.13)
     centres: list[np.ndarray] = []
+    attempts = 0
     while len(centres) < label + 1:  # apart, so that they can be counted
         candidate = rng.uniform(radius, 1 - radius, 2)
         if all(np.hypot(*(candidate - c)) > 2.2 * radius for c in centres):
             centres.append(candidate)
+        attempts += 1
+        if attempts % 100 == 0:  # a crowded draw: shrink the objects rather than loop on
+            radius *= 0.9
     return _scene(rng, size, centres, radius)
 
 
 def _render_scene_location(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
-    radius = rng.uniform(0.14, 0.2)
+    radius = rng.uniform(0.2, 0.28)  # about pretraining's object sizes
     cx = radius + (label + rng.uniform()) * (1 - 2 * radius) / SCENE_BINS
     return _scene(rng, size, [(rng.uniform(radius, 1 - radius), cx)], radius)
 

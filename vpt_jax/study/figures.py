@@ -87,7 +87,8 @@ def loss_curves(finals: dict[tuple, dict[str, Any]], eval_split: str, path: str)
     for ax, (task, by_strategy) in zip(axes.flat, sorted(curves.items()), strict=False):
         for strategy, (epochs, train, test) in sorted(by_strategy.items()):
             ax.plot(epochs, train, "-", color=colors[strategy], lw=1.6)
-            ax.plot(epochs, test, "--", color=colors[strategy], lw=1.6)
+            seen = np.isfinite(test)  # test curves are evaluated every curve_every_epochs
+            ax.plot(np.asarray(epochs)[seen], test[seen], "--", marker=".", color=colors[strategy])
         ax.set_yscale("log")  # one strategy's spike does not flatten the others
         ax.set_title(task, fontsize=11)
         ax.set_xlabel("epoch")
