@@ -109,7 +109,10 @@ def test_advise_on_procedural_data(extractor, reference, tmp_path):
     )
     assert advice.fid == pytest.approx(fids["procedural:location"], rel=1e-9)
     assert advice.fid_threshold == pytest.approx(median, rel=1e-9)
-    assert "median FID of the 6 procedural tasks" in advice.threshold_source
+    assert (
+        f"median FID of the {len(parse_dataset_list('procedural'))} procedural tasks"
+        in advice.threshold_source
+    )
     assert (advice.disparity, advice.disparity_source) == ("high", "structured task")
     assert advice.recommendation.method == "VPT"
 
@@ -201,7 +204,10 @@ def test_command_prints_json(checkpoint, tmp_path, capsys):
     record = json.loads(capsys.readouterr().out)
     assert (record["method"], record["disparity"], record["train_size"]) == ("VPT", "high", 800)
     assert record["reference"] == "procedural:pretrain" and record["num_images"] == N
-    assert "median FID of the 6 procedural tasks" in record["threshold_source"]
+    assert (
+        f"median FID of the {len(parse_dataset_list('procedural'))} procedural tasks"
+        in record["threshold_source"]
+    )
     assert record["finding_text"] == findings.FINDINGS["disparity"]
 
 
