@@ -85,15 +85,19 @@ def test_bare_vtab_names_only_where_asked():
 
 def test_dataset_lists_expand_sets_once_each_in_order():
     names = [str(n) for n in parse_dataset_list("procedural, dtd ,vtab/dtd,folder:/x")]
-    assert names[:6] == [
+    assert names[:10] == [
         "procedural:objects",
+        "procedural:shapes",
+        "procedural:digits",
         "procedural:textures",
         "procedural:count",
         "procedural:distance",
         "procedural:location",
         "procedural:orientation",
+        "procedural:scene_count",
+        "procedural:scene_location",
     ]
-    assert names[6:] == ["vtab/dtd", "folder:/x"]
+    assert names[10:] == ["vtab/dtd", "folder:/x"]
     assert len(parse_dataset_list("vtab")) == 19
     with pytest.raises(UserError, match="no datasets in ' , '"):
         parse_dataset_list(" , ")

@@ -12,12 +12,12 @@ group: the study finds visual prompt tuning preferable where the task is far fro
 | shapes | natural | a shape pretraining never shows, rendered as pretraining's (6) | new classes |
 | digits | natural | real handwritten digit scans (UCI), light on dark (10) | svhn, mnist |
 | textures | natural | texture of the whole image (5) | dtd |
-| scene_count | structured | number of textured objects in clutter, 1..5 (5) | clevr_count |
-| scene_location | structured | x position of a textured object in clutter, 5 bins (5) | dsprites_loc |
 | count | structured | number of flat objects on grey, 1..6 (6) | clevr_count |
 | distance | structured | depth of the nearest object, 4 bins (4) | clevr_distance |
 | location | structured | x position of a white sprite on black, 8 bins (8) | dsprites_location |
 | orientation | structured | rotation of a white half-disc, 8 x 45 deg (8) | dsprites_orientation |
+| scene_count | structured | number of textured objects in clutter, 1..5 (5) | clevr_count |
+| scene_location | structured | x position of a textured object in clutter, 5 bins (5) | dsprites_loc |
 
 Splits use the VTAB-1k names: `train{n}`, `val{m}`, `train{n}val{m}` take the first examples of
 a task's training or validation stream, `test` the first 1000 of its test stream (`test{n}` for
@@ -211,18 +211,6 @@ _TASK_LIST = (
     ProceduralTask(
         "digits", "natural", tuple(str(d) for d in range(10)), render_digit, by_stream=True
     ),
-    ProceduralTask(
-        "scene_count",
-        "structured",
-        tuple(f"{n} objects" for n in range(1, SCENE_MAX_COUNT + 1)),
-        _render_scene_count,
-    ),
-    ProceduralTask(
-        "scene_location",
-        "structured",
-        tuple(f"x bin {i}" for i in range(SCENE_BINS)),
-        _render_scene_location,
-    ),
     ProceduralTask("textures", "natural", TEXTURE_CLASSES, _render_textures),
     ProceduralTask(
         "count", "structured", tuple(f"{n} objects" for n in range(1, MAX_COUNT + 1)), _render_count
@@ -244,6 +232,18 @@ _TASK_LIST = (
         "structured",
         tuple(f"{45 * i}-{45 * (i + 1)} deg" for i in range(ORIENTATION_BINS)),
         _render_orientation,
+    ),
+    ProceduralTask(
+        "scene_count",
+        "structured",
+        tuple(f"{n} objects" for n in range(1, SCENE_MAX_COUNT + 1)),
+        _render_scene_count,
+    ),
+    ProceduralTask(
+        "scene_location",
+        "structured",
+        tuple(f"x bin {i}" for i in range(SCENE_BINS)),
+        _render_scene_location,
     ),
 )
 PROCEDURAL_TASKS: dict[str, ProceduralTask] = {task.name: task for task in _TASK_LIST}

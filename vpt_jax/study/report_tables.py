@@ -93,7 +93,7 @@ def significance(row: dict[str, Any], ft_row: dict[str, Any] | None) -> str:
     """` ▲` / ` ▼` where a strategy's mean differs from FT's by more than the pooled std of
     their seeds (both with at least 2 seeds), else `""`: a difference the seeds' spread explains
     is not marked."""
-    if ft_row is None or min(row["seeds"], ft_row["seeds"]) < 2:
+    if ft_row is None or min(row.get("seeds", 0), ft_row.get("seeds", 0)) < 2:
         return ""
     pooled = math.sqrt((row["std"] ** 2 + ft_row["std"] ** 2) / 2)
     diff = row["mean"] - ft_row["mean"]
