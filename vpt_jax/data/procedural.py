@@ -28,6 +28,7 @@ the same at any size and on any machine, and the three streams are drawn indepen
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import zlib
 from collections.abc import Callable, Iterator
@@ -325,6 +326,21 @@ def _segments(task_name: str, split: str) -> list[tuple[str, int]]:
     return [(stream, n) for stream, n in (("train", sized.train), ("val", sized.val)) if n]
 
 
+# Splits up to this size are rendered once per process and kept (read-only): a study's runs read
+# the same few splits again and again (the demo renders each test split once, not per final run).
+CACHED_BYTES = 8 << 20
+
+
+@functools.lru_cache(maxsize=32)
+def _rendered(
+    name: str, segments: tuple[tuple[str, int], ...], image_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    positions = [(stream, index) for stream, total in segments for index in range(total)]
+    images, labels = _stack(positions, get_procedural_task(name), image_size, seed)
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
+
+
 def procedural_source(name: str, split: str, *, image_size: int, seed: int = 0) -> DataSource:
     """A split of a procedural task, generated batch by batch as it is read.
 
@@ -339,8 +355,14 @@ def procedural_source(name: str, split: str, *, image_size: int, seed: int = 0) 
     """
     task = get_procedural_task(name)
     segments = _segments(name, split)
+    count = sum(total for _, total in segments)
 
     def read(batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if count * image_size * image_size * 3 <= CACHED_BYTES:  # a study reads it once per run
+            images, labels = _rendered(name, tuple(segments), image_size, seed)
+            for start in range(0, count, batch_size):
+                yield images[start : start + batch_size], labels[start : start + batch_size]
+            return
         positions = ((stream, index) for stream, total in segments for index in range(total))
         while batch := list(itertools.islice(positions, batch_size)):
             yield _stack(batch, task, image_size, seed)
@@ -350,6 +372,6 @@ def procedural_source(name: str, split: str, *, image_size: int, seed: int = 0) 
         num_classes=task.num_classes,
         class_names=task.class_names,
         image_size=image_size,
-        num_examples=sum(total for _, total in segments),
+        num_examples=count,
         read=read,
     )
