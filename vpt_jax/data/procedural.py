@@ -82,6 +82,24 @@ def _textured_object(rng: np.random.Generator, size: int, shape: str, texture: s
     return draw.to_uint8(canvas, rng, noise=0.04)
 
 
+def _apart(
+    rng: np.random.Generator, count: int, radius: float, *, spacing: float
+) -> tuple[list[np.ndarray], float]:
+    """`count` centres at least `spacing` radii apart (so objects can be counted), by rejection
+    sampling; a crowded draw shrinks the radius by 10% every 100 tries rather than loop on.
+    Returns the centres and the radius they fit at."""
+    centres: list[np.ndarray] = []
+    attempts = 0
+    while len(centres) < count:
+        candidate = rng.uniform(radius, 1 - radius, 2)
+        if all(np.hypot(*(candidate - c)) > spacing * radius for c in centres):
+            centres.append(candidate)
+        attempts += 1
+        if attempts % 100 == 0:
+            radius *= 0.9
+    return centres, radius
+
+
 def _render_shapes(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
     texture = str(rng.choice(PRETRAIN_TEXTURES))
     return _textured_object(rng, size, draw.NEW_SHAPES[label], texture)
@@ -98,16 +116,7 @@ def _scene(rng: np.random.Generator, size: int, centres: list, radius: float) ->
 
 
 def _render_scene_count(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
-    radius = rng.uniform(0.1, 0.13)
-    centres: list[np.ndarray] = []
-    attempts = 0
-    while len(centres) < label + 1:  # apart, so that they can be counted
-        candidate = rng.uniform(radius, 1 - radius, 2)
-        if all(np.hypot(*(candidate - c)) > 2.2 * radius for c in centres):
-            centres.append(candidate)
-        attempts += 1
-        if attempts % 100 == 0:  # a crowded draw: shrink the objects rather than loop on
-            radius *= 0.9
+    centres, radius = _apart(rng, label + 1, rng.uniform(0.1, 0.13), spacing=2.2)
     return _scene(rng, size, centres, radius)
 
 
@@ -150,16 +159,7 @@ def _visible_colour(rng: np.random.Generator, level: float) -> np.ndarray:
 
 def _render_count(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
     canvas, level = _grey_scene(rng, size)
-    radius = rng.uniform(0.07, 0.1)
-    centres: list[np.ndarray] = []
-    attempts = 0
-    while len(centres) < label + 1:  # rejection sampling keeps objects apart so they can be counted
-        candidate = rng.uniform(radius, 1 - radius, 2)
-        if all(np.hypot(*(candidate - c)) > 2.4 * radius for c in centres):
-            centres.append(candidate)
-        attempts += 1
-        if attempts % 100 == 0:  # a crowded draw: shrink the objects rather than loop on
-            radius *= 0.9
+    centres, radius = _apart(rng, label + 1, rng.uniform(0.07, 0.1), spacing=2.4)
     for cy, cx in centres:
         shape = str(rng.choice(("disc", "square", "triangle")))
         mask = draw.shape_mask(size, shape, cy, cx, radius, rng.uniform(0, 2 * np.pi))
