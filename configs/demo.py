@@ -66,7 +66,7 @@ def get_config(arg: str | None = None):
     r.train.epochs = 10
     r.train.batch_size = 32
     r.train.eval_batch_size = 500
-    r.train.checkpoint_every_epochs = 10  # runs of seconds: a finished run is what resumes
+    r.train.checkpoint_every_epochs = 0  # runs of seconds: a killed run starts over
 
     s = c.study
     s.datasets = tuple(f"procedural:{t}" for t in TASKS)
@@ -95,7 +95,6 @@ def get_config(arg: str | None = None):
     s.poll_interval_s = 0.5
     if tiny:
         r.train.epochs = 2
-        r.train.checkpoint_every_epochs = 2
         s.datasets = ("procedural:scene_count", "procedural:digits")
         s.strategies = ("full", "vpt_deep")
         s.search.train_split, s.search.eval_split = "train32", "val8"

@@ -19,7 +19,7 @@ from vpt_jax import main as main_lib
 from vpt_jax.train import records
 
 RUN_MISTAKES = [
-    (["--config.train.checkpoint_every_epochs=0"], "train.checkpoint_every_epochs must be >= 1"),
+    (["--config.train.checkpoint_every_epochs=-1"], "train.checkpoint_every_epochs must be >= 0"),
     (["--config.train.eval_every_epochs=-1"], "train.eval_every_epochs must be >= 0"),
     (["--config.train.curve_examples=100"], "set train.curve_every_epochs"),
     (["--config.model.image_size=18"], "model.image_size=18 is not divisible by the patch size 4"),

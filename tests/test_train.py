@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -288,6 +289,33 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
     steps = sorted(os.listdir(tmp_path / "run" / "checkpoints" / "stage0"))
     assert steps[-1] == "2"
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_no_checkpoints_but_the_one_a_next_stage_resumes_from(tmp_path, base_checkpoint, caplog):
+    overrides = {"train.checkpoint_every_epochs": 0, "train.epochs": 2}
+    c = tiny_config(base_checkpoint, **overrides)
+    reference = run.train_and_evaluate(
+        tiny_config(base_checkpoint, **{"train.epochs": 2}), str(tmp_path / "a")
+    )
+    result = run.train_and_evaluate(c, str(tmp_path / "b"))
+    assert result["final"] == reference["final"]  # checkpoints change no number
+    assert os.listdir(tmp_path / "b" / "checkpoints" / "stage0") == []
+    assert sorted(os.listdir(tmp_path / "a" / "checkpoints" / "stage0")) == ["1", "2"]
+    # Two stages: the first stage's last epoch is kept (a resumed second stage restores it).
+    two = tiny_config(
+        base_checkpoint, **overrides, **{"strategy.name": "ft_then_pt", "ft_stage.epochs": 1}
+    )
+    first = run.train_and_evaluate(two, str(tmp_path / "c"))
+    assert os.listdir(tmp_path / "c" / "checkpoints" / "stage0") == ["1"]
+    assert os.listdir(tmp_path / "c" / "checkpoints" / "stage1") == []
+    # Killed in stage 2 (its records dropped, no result): stage 1 is restored, not retrained.
+    os.remove(tmp_path / "c" / records.RESULT)
+    caplog.set_level(logging.INFO, logger="vpt_jax")
+    again = run.train_and_evaluate(two, str(tmp_path / "c"))
+    assert "resumed stage 1 from its epoch-1 checkpoint" in caplog.text
+    rows = records.read_metrics(str(tmp_path / "c" / "metrics.jsonl"))
+    assert [(r["stage"], r["epoch"]) for r in rows] == [(0, 1), (1, 1), (1, 2)]
+    assert again["final"] == first["final"]
 
 
 def test_ft_then_pt_runs_both_stages(tmp_path, base_checkpoint):

@@ -138,7 +138,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 64  # global batch size; must be divisible by the device count
     c.train.eval_batch_size = 256  # evaluation batch size (the last batch is padded and masked)
     c.train.seed = 42  # seed of initialisation, shuffling and dropout
-    c.train.checkpoint_every_epochs = 1  # save the trainable state every this many epochs
+    # Save the trainable state every this many epochs and after a stage's last; 0: none (see
+    # ZERO_MEANS), for runs of seconds whose restart costs less than their checkpoints.
+    c.train.checkpoint_every_epochs = 1  # see above
     # Evaluate the eval splits every this many epochs, and always after a stage's last; 0: only then.
     c.train.eval_every_epochs = 1  # see above
     # Loss curves: every this many epochs, also evaluate a fixed subset of each eval split (recorded
@@ -168,6 +170,8 @@ ZERO_MEANS = {  # what 0 means in the train fields where 0 is allowed
     "eval_every_epochs": "only after a stage's last epoch",
     "curve_every_epochs": "no curve evaluations",
     "curve_examples": "the whole split",
+    "checkpoint_every_epochs": "no checkpoints but the last of a stage that another stage "
+    "follows (a killed run starts over)",
 }
 
 
@@ -207,12 +211,17 @@ def check(c: ml_collections.ConfigDict, num_devices: int) -> None:
         raise UserError(f"optimizer.eps must be > 0, got {c.optimizer.eps}")
     if c.optimizer.name not in ("", *OPTIMIZERS) or c.ft_stage.optimizer not in OPTIMIZERS:
         raise UserError(f"optimizer names are {', '.join(OPTIMIZERS)} (optimizer.name may be '')")
-    for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every_epochs"):
+    for name in ("epochs", "batch_size", "eval_batch_size"):
         if c.train[name] < 1:
             raise UserError(f"train.{name} must be >= 1, got {c.train[name]}")
     if c.ft_stage.epochs < 1:
         raise UserError(f"ft_stage.epochs must be >= 1, got {c.ft_stage.epochs}")
-    for name in ("eval_every_epochs", "curve_every_epochs", "curve_examples"):
+    for name in (
+        "eval_every_epochs",
+        "curve_every_epochs",
+        "curve_examples",
+        "checkpoint_every_epochs",
+    ):
         if c.train[name] < 0:
             raise UserError(
                 f"train.{name} must be >= 0 (0: {ZERO_MEANS[name]}), got {c.train[name]}"

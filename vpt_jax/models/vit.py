@@ -11,6 +11,7 @@ before every block, updates beside the attention projections, layers before the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -350,7 +351,13 @@ def init_params(model: VisionTransformer, rng: Array | int = 0) -> dict[str, Any
 
 
 def param_shapes(model: VisionTransformer) -> dict[str, Any]:
-    """The parameter tree of `model` as `jax.ShapeDtypeStruct`s, computed without allocating it."""
+    """The parameter tree of `model` as `jax.ShapeDtypeStruct`s, computed without allocating it
+    (traced once per distinct model in a process: a study's runs ask for the same few)."""
+    return jax.tree.map(lambda x: x, _param_shapes(model))  # a fresh tree: callers may edit it
+
+
+@functools.lru_cache(maxsize=64)
+def _param_shapes(model: VisionTransformer) -> dict[str, Any]:
     size = model.config.image_size
     images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)["params"]

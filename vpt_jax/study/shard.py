@@ -26,8 +26,10 @@ class Shard:
     index: int  # 0 .. count - 1
     count: int
 
-    def owns(self, spec: RunSpec) -> bool:
-        return zlib.crc32(spec.run_id.encode()) % self.count == self.index
+    def owns(self, spec: RunSpec, key: str | None = None) -> bool:
+        """Whether the run is this shard's; `key`: its store key where that is not its run id
+        (runs shared between the studies of a paper are sharded by their pool key)."""
+        return zlib.crc32((key or spec.run_id).encode()) % self.count == self.index
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"

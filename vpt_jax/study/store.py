@@ -76,6 +76,8 @@ class StudyStore:
         claim_timeout_s: float = 600.0,
         *,
         clock: Callable[[], float] = time.monotonic,
+        pool: str | None = None,
+        key: Callable[[RunSpec], str] | None = None,
     ):
         """Opens (creating) a study directory.
 
@@ -83,12 +85,19 @@ class StudyStore:
           workdir: the study directory.
           claim_timeout_s: a claim not refreshed for this long is taken over.
           clock: the monotonic clock that times claims of other hosts (tests pass a fake one).
+          pool: the directory whose `runs/` and `claims/` hold the run directories (default:
+            `workdir`). Studies that share a pool share every run they have in common.
+          key: a run's directory name under `runs/` (default: `RunSpec.run_id`). In a shared
+            pool the key must name the run's whole config, so that equal runs of different
+            studies are one directory (`vpt_jax.study.pool`).
         """
         if not claim_timeout_s > 0:
             raise ValueError(f"claim_timeout_s must be > 0 seconds, got {claim_timeout_s}")
         self.workdir = os.path.abspath(workdir)
-        self.runs_dir = os.path.join(self.workdir, "runs")
-        self.claims_dir = os.path.join(self.workdir, "claims")
+        root = os.path.abspath(pool) if pool else self.workdir
+        self.runs_dir = os.path.join(root, "runs")
+        self.claims_dir = os.path.join(root, "claims")
+        self.run_key: Callable[[RunSpec], str] = key or (lambda spec: spec.run_id)
         self.claim_timeout_s = claim_timeout_s
         self.clock = clock
         self.host, self.pid = socket.gethostname(), os.getpid()
@@ -100,7 +109,7 @@ class StudyStore:
         os.makedirs(self.claims_dir, exist_ok=True)
 
     def run_dir(self, spec: RunSpec) -> str:
-        return os.path.join(self.runs_dir, spec.run_id)
+        return os.path.join(self.runs_dir, self.run_key(spec))
 
     def result(self, spec: RunSpec) -> dict[str, Any] | None:
         path = os.path.join(self.run_dir(spec), records.RESULT)
@@ -113,7 +122,7 @@ class StudyStore:
         """Claims a run for this worker; False if it is done or another live worker holds it."""
         if self.done(spec):
             return False
-        key = spec.run_id.replace("/", "__")
+        key = self.run_key(spec).replace("/", "__")
         claims = self._claims(key)
         if claims:
             top = _read(claims[max(claims)])
@@ -131,8 +140,8 @@ class StudyStore:
         for old in superseded:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(old)
-        self._held[spec.run_id] = (path, token)
-        self._lost.discard(spec.run_id)
+        self._held[self.run_key(spec)] = (path, token)
+        self._lost.discard(self.run_key(spec))
         self.record_spec(spec)
         return True
 
@@ -242,7 +251,7 @@ class StudyStore:
           worker has seen it unchanged), stale_in_s (seconds until this worker would take it
           over; 0: now) and mine (whether this worker holds it).
         """
-        claims = self._claims(spec.run_id.replace("/", "__"))
+        claims = self._claims(self.run_key(spec).replace("/", "__"))
         claim = _read(claims[max(claims)]) if claims else None
         if claim is None:
             return None
@@ -253,18 +262,18 @@ class StudyStore:
             "generation": max(claims),
             "refreshed_s": refreshed_s,
             "stale_in_s": max(0.0, stale_in_s),
-            "mine": self._held.get(spec.run_id) == (claim.path, claim.token),
+            "mine": self._held.get(self.run_key(spec)) == (claim.path, claim.token),
         }
 
     def release(self, spec: RunSpec) -> None:
         """Gives up this worker's claim on a run (one taken over is left to its new holder)."""
-        held = self._held.pop(spec.run_id, None)
+        held = self._held.pop(self.run_key(spec), None)
         if held is not None:
             _remove(*held)
 
     def lost(self, spec: RunSpec) -> bool:
         """Whether the heartbeat found this worker's claim on `spec` taken over."""
-        return spec.run_id in self._lost
+        return self.run_key(spec) in self._lost
 
     def heartbeat(
         self, spec: RunSpec, interval_s: float, on_lost: Callable[[], Any] | None = None
@@ -283,12 +292,12 @@ class StudyStore:
             if self.lost(spec) and on_lost is not None:
                 on_lost()
 
-        threading.Thread(target=beat, daemon=True, name=f"heartbeat {spec.run_id}").start()
+        threading.Thread(target=beat, daemon=True, name=f"heartbeat {self.run_key(spec)}").start()
         return stop
 
     def _refresh(self, spec: RunSpec, stop: threading.Event) -> bool:
         """Touches this worker's claim on `spec`; False once it is released or lost."""
-        held = self._held.get(spec.run_id)
+        held = self._held.get(self.run_key(spec))
         if held is None:
             return False
         claim = _read(held[0])
@@ -296,9 +305,11 @@ class StudyStore:
             with contextlib.suppress(FileNotFoundError):
                 os.utime(held[0])
             return True
-        if self._held.get(spec.run_id) == held and not stop.is_set():  # not released meanwhile
-            self._lost.add(spec.run_id)
-            log.warning("lost the claim on %s: another worker took it over", spec.run_id)
+        if (
+            self._held.get(self.run_key(spec)) == held and not stop.is_set()
+        ):  # not released meanwhile
+            self._lost.add(self.run_key(spec))
+            log.warning("lost the claim on %s: another worker took it over", self.run_key(spec))
         return False
 
     def records(self) -> Iterator[tuple[RunSpec, dict[str, Any] | None, str]]:

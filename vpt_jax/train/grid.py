@@ -67,6 +67,7 @@ from vpt_jax.train.setup import RunSetup, build_run, open_data
 from vpt_jax.train.stage import (
     RunContext,
     Schedule,
+    checkpoint_due,
     checkpoint_tree,
     diverged,
     due_evaluations,
@@ -388,7 +389,7 @@ def _epoch(members, plan, epoch, state, frozen, program, ctx: RunContext, mesh) 
 
     evaluated = due_evaluations(plan, epoch, ctx, measure, len(members))
     step_counts = np.asarray(jax.device_get(state.step))
-    due = epoch % ctx.train.checkpoint_every_epochs == 0 or epoch == plan.epochs
+    due = checkpoint_due(ctx.train.checkpoint_every_epochs, epoch, plan, ctx.num_stages)
     # Checkpoints are cut from one host copy of the stacked state (a device slice per leaf and
     # member would compile a program per leaf shape).
     saved = jax.device_get((state.trainable, state.opt_state)) if due else None

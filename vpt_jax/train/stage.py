@@ -210,19 +210,34 @@ def _epoch(plan, epoch, state, program, rates: Schedule, checkpoints, ctx: RunCo
     # record past the newest checkpoint is dropped and recomputed on resume (run.resume_point).
     ctx.log.append(row)
     faults.point("metrics_row")
-    if epoch % settings.checkpoint_every_epochs == 0 or epoch == plan.epochs:
+    if checkpoint_due(settings.checkpoint_every_epochs, epoch, plan, ctx.num_stages):
         trained, _ = split(state.params, program.label_tree())
         checkpoints.save(epoch, checkpoint_tree(state, trained, epoch))
         faults.point("checkpoint")
     return state, row
 
 
+def checkpoint_due(every: int, epoch: int, plan: StagePlan, num_stages: int) -> bool:
+    """Whether a stage saves its state after `epoch`: every `every` epochs and after its last.
+    With `every` 0 only a stage that another stage follows saves, after its last epoch (a resumed
+    run restores it instead of training it again); a killed run otherwise starts over."""
+    last = epoch == plan.epochs
+    if every == 0:
+        return last and plan.index + 1 < num_stages
+    return epoch % every == 0 or last
+
+
 def diverged(plan, epoch: int, loss: float, rates: Schedule, checkpoints) -> TrainingDiverged:
     """The error of a stage whose epoch ended with a non-finite training loss."""
+    latest = checkpoints.latest_epoch()
+    kept = (
+        f"the last good checkpoint (epoch {latest}) is kept in {checkpoints.directory}"
+        if latest
+        else "no checkpoint was kept (train.checkpoint_every_epochs=0)"
+    )
     return TrainingDiverged(
         f"training diverged: the loss is {loss} in epoch {epoch} of stage "
-        f"{plan.index + 1} (learning rate peak {rates.peak:.4g}); the last good checkpoint "
-        f"(epoch {checkpoints.latest_epoch()}) is kept in {checkpoints.directory}; lower "
+        f"{plan.index + 1} (learning rate peak {rates.peak:.4g}); {kept}; lower "
         "--config.optimizer.lr and run again with a new --workdir, or with "
         "--config.train.move_aside_other_run=True to keep this run beside the new one"
     )
