@@ -50,7 +50,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["vpt_jax", "vpt_jax.*"]),
     include_package_data=True,
-    package_data={"vpt_jax": ["assets/*.npz"]},
+    package_data={"vpt_jax": ["assets/*.npz", "assets/*.csv"]},
     install_requires=RUNTIME,
     extras_require={
         "dev": DEV,

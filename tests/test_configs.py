@@ -11,6 +11,7 @@ import re
 import pytest
 
 from vpt_jax import config as config_lib
+from vpt_jax.study import protocol
 from vpt_jax.study.config import study_config
 from vpt_jax.train.setup import build_run
 
@@ -31,10 +32,19 @@ def test_config_file_loads_and_documents_its_command(path):
     assert "python -m vpt_jax.main --config configs/" in module.__doc__
     config = module.get_config(None)
     config.lock()
-    run = config.run if config.kind == "study" else config
-    build_run(run, num_devices=1, read_weights=False)  # every setting and name checks out
-    with pytest.raises(AttributeError):
-        run.optimizer.lrr = 1.0  # locked: a misspelled field fails
+    if config.kind == "paper":  # every part's studies, as each would run alone
+        studies = [s for part in config.parts.values() for s in part.values()]
+    else:
+        studies = [config] if config.kind == "study" else []
+    for study in studies:  # the template leaves what the protocol sets to the protocol
+        protocol.check_template(study.run, study_config().run, study.study.grids)
+    # A study's runs are its template with the protocol's fields set: build one of each study.
+    runs = [protocol.run_config(s, protocol.search_specs(s.study, {}, s.run)[0]) for s in studies]
+    for run in runs or [config]:
+        build_run(run, num_devices=1, read_weights=False)  # every setting and name checks out
+    for run in [s.run for s in studies] or [config]:
+        with pytest.raises(AttributeError):
+            run.optimizer.lrr = 1.0  # locked: a misspelled field fails
 
 
 @pytest.mark.parametrize("builder", [config_lib.base_config, study_config])

@@ -1,6 +1,7 @@
 """The command line: `python -m vpt_jax.main --config configs/<file>.py[:args] --workdir DIR`.
 
-The config's `kind` picks what runs: `run` (one training run) or `study` (a protocol of runs).
+The config's `kind` picks what runs: `run` (one training run), `study` (a protocol of runs) or
+`paper` (every part of the paper; `--dry_run` prints its plan and stops).
 Overrides follow ml_collections: `--config.optimizer.lr=0.5`. A mistake the user can fix ends in
 one `error: ...` line on stderr and exit status 2, before any long work. Ctrl-C stops with status
 130; the same command resumes from the last checkpoint.
@@ -33,6 +34,12 @@ def _define(values: flags.FlagValues, argv: list[str] | None = None) -> None:
     flags.DEFINE_string(
         "workdir", None, "Directory for this run's (or study's) records.", flag_values=values
     )
+    flags.DEFINE_bool(
+        "dry_run",
+        False,
+        "Paper configs: print the plan (runs, images, device-hours, disk, missing inputs) and stop.",
+        flag_values=values,
+    )
 
 
 def setup_logging() -> None:
@@ -59,6 +66,11 @@ def _main(values: flags.FlagValues, rest: list[str]) -> None:
         raise UserError(
             "both --config and --workdir are required, e.g. --config configs/demo.py --workdir runs/demo"
         )
+    if values.dry_run and kind != "paper":
+        raise UserError(
+            "--dry_run plans paper configs (configs/study/paper.py, which can hold one part: "
+            ":parts=tables1_2); this config's kind is " + repr(kind)
+        )
     setup_logging()
     logging.getLogger("vpt_jax").info("allocator: %s", allocator_description())
     _hide_accelerators_from_tensorflow()
@@ -79,8 +91,12 @@ def _main(values: flags.FlagValues, rest: list[str]) -> None:
         from vpt_jax.study.runner import run_study
 
         run_study(config, workdir)
+    elif kind == "paper":
+        from vpt_jax.paper.runner import run_paper
+
+        run_paper(config, workdir, dry_run=values.dry_run)
     else:
-        raise UserError(f"config kind {kind!r} is not run or study")
+        raise UserError(f"config kind {kind!r} is not run, study or paper")
 
 
 def _enable_compilation_cache() -> None:

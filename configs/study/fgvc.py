@@ -34,7 +34,6 @@ def get_config(arg: str | None = None):
     c.study.search.eval_split = "val"
     c.study.final.train_split = "train"
     c.study.final.eval_split = "test"
-    c.run.data.dataset = c.study.datasets[0]  # (each run sets its own)
     c.run.data.resize_crop = True
     c.run.data.flip = True
     apply_args(c, arg, ("tasks", "strategies", "seeds", "epochs", "recipe"))

@@ -40,6 +40,9 @@ def study_config() -> ml_collections.ConfigDict:
     s.scaling.datasets = ()  # see above
     s.scaling.strategies = ()  # see above
     s.scaling.sizes = ()  # see above; (): no sweep
+    # True: a size a dataset cannot supply is left out for that dataset (the paper's Tables 5-6:
+    # "the sizes each task supports"); False: refused with the task's maximum.
+    s.scaling.supported_only = False  # see above
 
     # The report's quadrant section (vpt_jax.study.quadrant_report): each task's FID to the
     # pretraining data, its quadrant, the measured FT-vs-VPT winner and the advisor's verdict.

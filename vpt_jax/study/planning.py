@@ -66,7 +66,7 @@ def validation_score(
     """A search run's last-epoch validation top-1 (nan if it diverged)."""
     if result is None or result.get("status") == "diverged":
         return math.nan
-    split = protocol.run_config(config, spec).data.eval_splits[0]
+    split = protocol.eval_split(config, spec)
     return float(final_metric(result, f"{split}_top1", spec))
 
 

@@ -22,7 +22,7 @@ import ml_collections
 
 from vpt_jax import config as config_lib
 from vpt_jax import recipe
-from vpt_jax.data import parse_dataset, scaling_splits
+from vpt_jax.data import max_scaling_size, parse_dataset, scaling_splits
 from vpt_jax.data.splits import parse_sized_split
 from vpt_jax.errors import UserError
 from vpt_jax.tuning.strategies import STRATEGIES, get_strategy
@@ -149,10 +149,19 @@ def groups(study: ml_collections.ConfigDict) -> list[tuple[str, str, int, int]]:
     if sweep is not None and sweep.sizes:
         same = standard_size(study) if not study.train_sizes and not study.shots else -1
         for d, s, n in itertools.product(sweep.datasets, sweep.strategies, sweep.sizes):
+            if sweep.get("supported_only") and not supports_size(d, n):
+                continue
             group = (d, s, 0 if n == same else n, 0)
             if group not in out:
                 out.append(group)
     return out
+
+
+def supports_size(dataset: str, size: int) -> bool:
+    """Whether a dataset can supply a data-scaling point of `size` training images (VTAB tasks
+    have a maximum, `vpt_jax.data.max_scaling_size`; other data is not checked here)."""
+    task = parse_dataset(dataset).vtab_task
+    return task is None or size <= max_scaling_size(task)
 
 
 def check_study(study: ml_collections.ConfigDict) -> None:
@@ -296,39 +305,56 @@ def final_specs(study: ml_collections.ConfigDict, selected: RunSpec) -> list[Run
 
 def run_config(study_config: ml_collections.ConfigDict, spec: RunSpec) -> ml_collections.ConfigDict:
     """The run config of one spec: the study's `run` template with the spec's settings."""
+    return ml_collections.ConfigDict(run_config_dict(study_config, spec))
+
+
+def run_config_dict(study_config: ml_collections.ConfigDict, spec: RunSpec) -> dict:
+    """`run_config` as a plain dict (a tenth of the time: plans of thousands of runs use it)."""
     study = study_config.study
-    c = ml_collections.ConfigDict(study_config.run.to_dict())
-    c.data.dataset = spec.dataset
-    phase = study.search if spec.phase == SEARCH else study.final
-    train_split, eval_split = phase.train_split, phase.eval_split
-    task = parse_dataset(spec.dataset).vtab_task  # None for other data: no sizes to check
-    if spec.size:
-        splits = scaling_splits(spec.size, task)
-        train_split = splits.train if spec.phase == SEARCH else splits.trainval
-        eval_split = splits.val if spec.phase == SEARCH else phase.eval_split
-    c.data.train_split = train_split
-    c.data.eval_splits = (eval_split,)
-    c.data.shots = spec.shots
-    c.strategy.name = spec.strategy
+    c = study_config.run.to_dict()
+    data, strategy, optimizer, train = c["data"], c["strategy"], c["optimizer"], c["train"]
+    data["dataset"] = spec.dataset
+    train_split, eval_split = _phase_splits(study, spec)
+    task = parse_dataset(spec.dataset).vtab_task  # None for other data
+    data["train_split"] = train_split
+    data["eval_splits"] = (eval_split,)
+    data["shots"] = spec.shots
+    strategy["name"] = spec.strategy
     # 0: the per-task lengths the paper's numbers imply (VTAB), 10 for other data.
-    c.strategy.num_prompts = int(study.num_prompts or (task.prompt_length if task else 10))
-    c.optimizer.lr = spec.lr
-    c.optimizer.weight_decay = spec.weight_decay
+    strategy["num_prompts"] = int(study.num_prompts or (task.prompt_length if task else 10))
+    optimizer["lr"] = spec.lr
+    optimizer["weight_decay"] = spec.weight_decay
     grid = get_strategy(spec.strategy).grid
     for field, section in recipe.GRID_FIELDS.items():
-        value = recipe.grid_setting(study.grids, c.recipe, grid, field)
+        value = recipe.grid_setting(study.grids, c["recipe"], grid, field)
         if value is not None:
             c[section][field] = value
     if spec.ft_lr:
-        c.ft_stage.lr = spec.ft_lr
-        c.ft_stage.weight_decay = spec.ft_weight_decay
+        c["ft_stage"]["lr"] = spec.ft_lr
+        c["ft_stage"]["weight_decay"] = spec.ft_weight_decay
         earlier = get_strategy(earlier_stage(spec.strategy)).grid
-        warmup = recipe.grid_setting(study.grids, c.recipe, earlier, "warmup_epochs")
+        warmup = recipe.grid_setting(study.grids, c["recipe"], earlier, "warmup_epochs")
         if warmup is not None:
-            c.ft_stage.warmup_epochs = warmup
-    c.train.seed = spec.seed
-    c.train.eval_every_epochs = phase.eval_every_epochs
+            c["ft_stage"]["warmup_epochs"] = warmup
+    phase = study.search if spec.phase == SEARCH else study.final
+    train["seed"] = spec.seed
+    train["eval_every_epochs"] = phase.eval_every_epochs
     final = spec.phase == FINAL
-    c.train.curve_every_epochs = study.final.curve_every_epochs if final else 0
-    c.train.curve_examples = study.final.curve_examples if c.train.curve_every_epochs else 0
+    train["curve_every_epochs"] = study.final.curve_every_epochs if final else 0
+    train["curve_examples"] = study.final.curve_examples if train["curve_every_epochs"] else 0
     return c
+
+
+def eval_split(study_config: ml_collections.ConfigDict, spec: RunSpec) -> str:
+    """The split a run is scored on (`run_config(...).data.eval_splits[0]`)."""
+    return _phase_splits(study_config.study, spec)[1]
+
+
+def _phase_splits(study: ml_collections.ConfigDict, spec: RunSpec) -> tuple[str, str]:
+    phase = study.search if spec.phase == SEARCH else study.final
+    train_split, eval_split = phase.train_split, phase.eval_split
+    if spec.size:
+        splits = scaling_splits(spec.size, parse_dataset(spec.dataset).vtab_task)
+        train_split = splits.train if spec.phase == SEARCH else splits.trainval
+        eval_split = splits.val if spec.phase == SEARCH else phase.eval_split
+    return train_split, eval_split

@@ -23,7 +23,7 @@ from vpt_jax import atomic, cli
 from vpt_jax.data import parse_dataset
 from vpt_jax.errors import UserError
 from vpt_jax.study import figures, protocol, quadrant_report
-from vpt_jax.study.planning import final_metric, missing_runs
+from vpt_jax.study.planning import final_metric, missing_runs, plan
 from vpt_jax.study.report_tables import BETTER, WORSE, group_tables, paper_table
 from vpt_jax.study.store import StudyStore
 from vpt_jax.train import records
@@ -35,9 +35,12 @@ def collect(config: ml_collections.ConfigDict, store: StudyStore) -> dict[str, A
     """Final results per (dataset, strategy, size, shots): seeds' test top-1, budget, setting."""
     finals: dict[tuple, dict[str, Any]] = defaultdict(lambda: {"scores": [], "runs": []})
     eval_split = config.study.final.eval_split
-    for spec, result, path in store.records():
-        if spec.phase != protocol.FINAL or result is None:
+    specs, _ = plan(config, store)  # this study's runs (a shared pool also holds other studies')
+    for spec in specs:
+        result = store.result(spec) if spec.phase == protocol.FINAL else None
+        if result is None:
             continue
+        path = store.run_dir(spec)
         entry = finals[spec.group]
         entry["spec"] = spec
         if result.get("status") == "diverged":
@@ -91,9 +94,12 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_report(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Writes report/{results.md, results.csv, results.json, *.png}; returns the summary rows."""
-    store = StudyStore(workdir, config.study.claim_timeout_s)
+def write_report(
+    config: ml_collections.ConfigDict, workdir: str, store: StudyStore | None = None
+) -> dict[str, Any]:
+    """Writes report/{results.md, results.csv, results.json, *.png}; returns the summary rows.
+    `store`: where the study's runs are (default: its own `workdir`; a paper's part: the pool)."""
+    store = store or StudyStore(workdir, config.study.claim_timeout_s)
     finals = collect(config, store)
     rows = summarise(finals)
     missing, waiting = missing_runs(config, store)

@@ -7,6 +7,7 @@ run resumes from its checkpoints when the run is claimed again; finished runs ar
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -84,26 +85,50 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     check_runs(config)
     check_study_dir(workdir, config)
     store = StudyStore(workdir, study.claim_timeout_s)
-    waits = _WaitLog()
-    ran = 0
-    while True:
-        specs, waiting = plan(config, store)
-        pending = [s for s in specs if not store.done(s)]
-        mine = [s for s in pending if shard is None or shard.owns(s)]
-        if not mine and not waiting:
-            break
-        spec = next((s for s in _ordered(mine) if _take(store, s, shard)), None)
-        if spec is None:  # the rest is held by other workers, or waits for other shards' runs
-            waits.log(store, shard, [s for s in pending if s not in mine] if shard else pending)
-            time.sleep(study.poll_interval_s)
-            continue
-        batch = [spec] + _companions(config, store, spec, mine, shard)
-        _execute(config, store, batch, done=sum(store.done(s) for s in specs), total=len(specs))
-        ran += len(batch)
+    ran = work([Member(config, store)], shard, study.poll_interval_s)
     store.sweep()
     who = f"shard {shard}" if shard else "this worker"
     log.info("study %s complete (%s by %s)", workdir, _runs(ran), who)
     return write_report(config, workdir)
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """A study a worker works on: its config and its store. A paper's parts are several studies
+    whose stores share one run pool, so a run two parts have in common is trained once."""
+
+    config: ml_collections.ConfigDict
+    store: StudyStore
+
+
+def work(members: list[Member], shard: Shard | None, poll_interval_s: float) -> int:
+    """Claims and trains the studies' runs until none is left (for a shard: none of its share);
+    returns how many runs this worker trained. A run of several studies (one pool key) is one."""
+    waits = _WaitLog()
+    ran = 0
+    while True:
+        known: dict[str, tuple[Member, RunSpec]] = {}
+        waiting = False
+        for member in members:
+            specs, member_waits = plan(member.config, member.store)
+            waiting = waiting or member_waits
+            for spec in specs:
+                known.setdefault(member.store.run_key(spec), (member, spec))
+        pending = [(m, s) for m, s in known.values() if not m.store.done(s)]
+        mine = [(m, s) for m, s in pending if shard is None or shard.owns(s, m.store.run_key(s))]
+        if not mine and not waiting:
+            return ran
+        taken = next(((m, s) for m, s in _ordered(mine) if _take(m.store, s, shard)), None)
+        if taken is None:  # the rest is held by other workers, or waits for other shards' runs
+            waits.log(shard, [p for p in pending if p not in mine] if shard else pending)
+            time.sleep(poll_interval_s)
+            continue
+        member, spec = taken
+        same = [s for m, s in mine if m is member]
+        batch = [spec] + _companions(member.config, member.store, spec, same, shard)
+        done = len(known) - len(pending)
+        _execute(member.config, member.store, batch, done=done, total=len(known))
+        ran += len(batch)
 
 
 def _take(store: StudyStore, spec: RunSpec, shard: Shard | None) -> bool:
@@ -120,7 +145,7 @@ class _WaitLog:
     def __init__(self):
         self.last = -math.inf
 
-    def log(self, store: StudyStore, shard: Shard | None, others: list[RunSpec]) -> None:
+    def log(self, shard: Shard | None, others: list[tuple[Member, RunSpec]]) -> None:
         if time.monotonic() - self.last < WAIT_LOG_INTERVAL_S:
             return
         self.last = time.monotonic()
@@ -128,10 +153,10 @@ class _WaitLog:
             log.info(
                 "shard %s: its remaining runs wait for %s of other shards (the grid searches "
                 "that select its final runs), e.g. %s",
-                shard, _runs(len(others)), ", ".join(s.run_id for s in others[:3]) or "-",
+                shard, _runs(len(others)), ", ".join(s.run_id for _, s in others[:3]) or "-",
             )  # fmt: skip
             return
-        held = [(s, store.claim_info(s)) for s in others]
+        held = [(s, m.store.claim_info(s)) for m, s in others]
         log.info("waiting for %s held by other workers:", _runs(len(held)))
         for spec, info in held[:5]:
             log.info("  %s", _describe_claim(spec, info))
@@ -153,9 +178,11 @@ def _describe_claim(spec: RunSpec, info: dict[str, Any] | None) -> str:
     )
 
 
-def _ordered(specs: list[RunSpec]) -> list[RunSpec]:
-    # Search runs first (they unlock finals), in a stable order so workers spread over the grid.
-    return sorted(specs, key=lambda s: (s.phase != SEARCH, s.run_id))
+def _ordered(specs: list) -> list:
+    """Search runs first (they unlock finals), in a stable order so workers spread over the grid.
+    Items are specs or (member, spec) pairs."""
+    spec = lambda item: item[1] if isinstance(item, tuple) else item
+    return sorted(specs, key=lambda item: (spec(item).phase != SEARCH, spec(item).run_id))
 
 
 def batch_limit(batch_runs: int) -> int:
