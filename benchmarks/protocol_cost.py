@@ -51,6 +51,7 @@ from vpt_jax.study.config import (  # noqa: E402
     paper_study_config,
     study_config,
 )
+from vpt_jax.study.cost import StepTimes  # noqa: E402
 
 EVAL_CACHE_BYTES = 2 * 1024**3  # vpt_jax.train.setup: eval splits up to this size stay decoded
 CURVE_EXAMPLES = study_config().study.final.curve_examples  # the study's loss-curve test subset
@@ -473,6 +474,19 @@ def print_assumptions(args, strategies, decode, measured: list[Measured]) -> Non
         print(f"- {line}")
 
 
+def save_step_times(path: str, m: Measured, decode: dict[str, float]) -> None:
+    """The measurements as `vpt_jax.study.cost.StepTimes` (what a paper plan projects with): host
+    decoding as the mean over the 19 tasks' source kinds."""
+    train: dict[str, dict[int, float]] = {}
+    for (kind, tokens), seconds in m.train.items():
+        train.setdefault(kind, {})[tokens] = seconds
+    per_task = [decode.get(SOURCE_KIND[name], decode["procedural"]) for name in VTAB_TASKS]
+    device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
+    StepTimes(device, m.precision, train, dict(m.eval), dict(m.compile_s), m.preprocess_s,
+              sum(per_task) / len(per_task)).save(path)  # fmt: skip
+    print(f"step times ({m.precision}) written to {path}: --config.paper.step_times={path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     gpu = jax.default_backend() == "gpu"
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -496,6 +510,11 @@ def main(argv: list[str] | None = None) -> None:
         help="runs trained together in the batched-grid projection (0: not measured)",
     )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny model, one step (tests)")
+    parser.add_argument(
+        "--save", default="",
+        help="write the first precision's step times to this JSON file: the paper plan's "
+        "device-hours (--config.paper.step_times=FILE)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.smoke:
         args.batch, args.eval_batch, args.steps, args.rounds, args.warmup = 2, 2, 1, 1, 0
@@ -520,6 +539,8 @@ def main(argv: list[str] | None = None) -> None:
         kinds = {kind for s in strategies for kind, _ in STAGES[s]}
         measured.append(measure_model(args, cfg, kinds))
     print_assumptions(args, strategies, decode, measured)
+    if args.save:
+        save_step_times(args.save, measured[0], decode)
     for m in measured:
         for recipe in args.recipe.split(","):
             print_projection(m, decode, strategies, args.batch, recipe)

@@ -61,9 +61,16 @@ def test_torch_reference_inserts_prompts_like_the_official_code():
         assert torch.equal(seen[-1][0, 1:3], own_set) == deep
 
 
-def test_protocol_cost_smoke(capsys):
-    protocol_cost.main(["--smoke", "--strategies", "full,vpt_deep,linear"])
+def test_protocol_cost_smoke(capsys, tmp_path):
+    from vpt_jax.study.cost import StepTimes
+
+    saved = str(tmp_path / "step_times.json")
+    protocol_cost.main(["--smoke", "--strategies", "full,vpt_deep,linear", "--save", saved])
     printed = capsys.readouterr().out
+    times = StepTimes.load(saved)  # what a paper plan's device-hours read
+    assert set(times.train) == {"weights", "prompts", "probe"} and len(times.train["prompts"]) == 2
+    assert times.train_s("prompts", 300) > 0 and times.eval_s(197) > 0 and times.decode_s > 0
+    assert f"--config.paper.step_times={saved}" in printed
     assert "Assumptions:" in printed and "TOTAL curves (search: val200" in printed
     assert "TOTAL every (" in printed and "TOTAL last (" in printed
     # Probes are projected on cached features, and end to end beside them.

@@ -81,8 +81,9 @@ def tiny_study(c: ml_collections.ConfigDict, part: str, name: str) -> ml_collect
     if part == "fgvc":
         s.datasets = ("fgvc/flowers",)  # a small folder in the official layout (tiny.py)
     if part != "fgvc":  # FGVC keeps its released lists (train / val / test)
+        # Final runs train on the search split too: one compiled step per group, not two.
         s.search.train_split, s.search.eval_split = "train32", "val8"
-        s.final.train_split, s.final.eval_split = "train32val8", "test16"
+        s.final.train_split, s.final.eval_split = "train32", "test16"
     s.final.seeds = (42,)
     s.final.curve_every_epochs, s.final.curve_examples = 1, 8
     s.grids.prompt.lrs, s.grids.prompt.weight_decays = (0.5,), (0.0,)

@@ -205,7 +205,8 @@ def _table(spec: TableSpec, study, rows, fids: dict[str, float], cells: list) ->
                                         published(spec.label, "wins", column))  # fmt: skip
                 text = _cell(ours, None, paper)
                 if method != "full":
-                    text += f" ({_count(wins)}; paper {_count(paper_wins)})"
+                    theirs = "" if paper_wins is None else f"; paper {_count(paper_wins)}"
+                    text += f" ({_count(wins)}{theirs})"
                 cells_md.append(text)
                 cells.append(_record(spec, f"mean_{g}", column, {"mean": ours}, paper))
             out.append(f"| {STRATEGY_NAMES.get(method, method)} | " + " | ".join(cells_md) + " |")
