@@ -481,7 +481,8 @@ def save_step_times(path: str, m: Measured, decode: dict[str, float]) -> None:
     for (kind, tokens), seconds in m.train.items():
         train.setdefault(kind, {})[tokens] = seconds
     per_task = [decode.get(SOURCE_KIND[name], decode["procedural"]) for name in VTAB_TASKS]
-    device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
+    kind, backend = jax.devices()[0].device_kind, jax.default_backend()
+    device = kind if kind.lower() == backend else f"{kind} ({backend})"
     StepTimes(device, m.precision, train, dict(m.eval), dict(m.compile_s), m.preprocess_s,
               sum(per_task) / len(per_task)).save(path)  # fmt: skip
     print(f"step times ({m.precision}) written to {path}: --config.paper.step_times={path}")

@@ -253,3 +253,31 @@ def test_tiny_paper_end_to_end_writes_every_table_and_figure(tmp_path):
     # Started again, it trains nothing and writes the same report.
     again = run_paper(c, str(workdir))
     assert again["cells"] == result["cells"]
+
+
+def test_the_sbatch_example_sets_only_real_paper_fields():
+    import re
+
+    with open(os.path.join(ROOT, "scripts", "paper.sbatch")) as f:
+        text = f.read()
+    fields = re.findall(r"--config\.paper\.([\w.]+)=", text)
+    assert {"data_dir", "checkpoints.vit", "shard", "inception"} <= set(fields)
+    _, c = paper_config()
+    for field in fields:
+        section = c.paper
+        for name in field.split("."):
+            section = section[name]  # a misspelled field is a KeyError here
+    assert "#SBATCH --array=" in text and "python -m vpt_jax.paper.report" in text
+
+
+def test_the_report_of_a_paper_with_nothing_run_yet_marks_everything_missing(tmp_path):
+    from vpt_jax.paper.runner import write_all
+
+    _, c = paper_config("tiny,parts=tables1_2+fgvc+attribution")
+    result = write_all(c, str(tmp_path))
+    text = (tmp_path / "report" / "paper.md").read_text()
+    assert "**Incomplete:**" in text and result["waiting"]
+    assert "## Table 1: " in text and "## Table 19: " in text
+    assert "not drawn yet (its runs are missing)" in text  # the attribution figures
+    assert "its FT and VPT-deep final runs are not done yet" in text
+    assert all(cell["ours"] is None for cell in result["cells"])
