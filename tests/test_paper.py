@@ -149,13 +149,23 @@ def test_the_plan_projects_device_hours_from_measured_step_times(tmp_path):
         StepTimes.load(str(tmp_path / "absent.json"))
 
 
-def test_split_sizes_come_from_the_task_tables():
+def test_split_sizes_come_from_the_task_tables(tmp_path):
     assert split_size("vtab/cifar100", "train800val200") == 1000
     assert split_size("vtab/cifar100", "test") == vtab_test_size(VTAB_TASKS["cifar100"]) == 10000
     assert split_size("fgvc/cub", "test") == FGVC_TASKS["cub"].sizes[2]
     assert split_size("procedural:shapes", "test16") == 16
     with pytest.raises(UserError, match="is not known before reading it"):
         split_size("folder:/x", "train")
+    # An FGVC folder's own split files count where they are (the tiny paper's small Flowers).
+    from vpt_jax.paper.tiny import FGVC_PER_CLASS, write_fgvc
+
+    data_dir = write_fgvc(str(tmp_path / "fgvc"))
+    classes = FGVC_TASKS["flowers"].num_classes
+    assert split_size("fgvc/flowers", "test", data_dir) == classes * FGVC_PER_CLASS[2]
+    assert split_size("fgvc/flowers", "trainval", data_dir) == classes * sum(FGVC_PER_CLASS[:2])
+    assert (
+        split_size("fgvc/flowers", "test", str(tmp_path / "none")) == FGVC_TASKS["flowers"].sizes[2]
+    )
 
 
 def test_dry_run_prints_the_plan_and_missing_inputs_and_writes_nothing(tmp_path, capsys):

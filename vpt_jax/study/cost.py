@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import re
 
 import ml_collections
@@ -94,7 +95,7 @@ def _interpolate(points: dict[int, float], x: int) -> float:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-def split_size(dataset: str, split: str) -> int:
+def split_size(dataset: str, split: str, data_dir: str | None = None) -> int:
     """Examples in a split, from the task tables (no data is read).
 
     Sized splits (`train800val200`, `test32`) say their size; `test` is VTAB's test region, FGVC's
@@ -110,6 +111,10 @@ def split_size(dataset: str, split: str) -> int:
     task = name.task
     if name.kind == "vtab" and split == "test":
         return vtab_test_size(task)
+    if name.kind == "fgvc" and split in ("train", "val", "trainval", "test"):
+        listed = _fgvc_listed(task, split, data_dir)
+        if listed is not None:  # the split files there (a subset, or another release)
+            return listed
     if name.kind == "fgvc":
         train, val, test = task.sizes
         sizes = {"train": train, "val": val, "trainval": train + val, "test": test}
@@ -118,6 +123,19 @@ def split_size(dataset: str, split: str) -> int:
     if name.kind == "procedural" and split == "test":
         return DEFAULT_TEST_SIZE
     raise UserError(f"the size of split {split!r} of {dataset} is not known before reading it")
+
+
+def _fgvc_listed(task, split: str, data_dir: str | None) -> int | None:
+    """Images an FGVC split lists in its files under `data_dir`, or None without them."""
+    from vpt_jax.data.fgvc import dataset_root, read_split_file
+
+    if not data_dir:
+        return None
+    root = dataset_root(task, data_dir)
+    parts = ("train", "val") if split == "trainval" else (split,)
+    if not all(os.path.isfile(os.path.join(root, f"{p}.json")) for p in parts):
+        return None
+    return sum(len(read_split_file(task, root, p)) for p in parts)
 
 
 def vtab_test_size(task) -> int:
@@ -191,10 +209,11 @@ def workload(run: ml_collections.ConfigDict) -> Workload:
     setup = build_run(run, 1, read_weights=False)
     c = setup.config
     dataset = str(c.data.dataset)
-    n_train = split_size(dataset, c.data.train_split)
+    data_dir = c.data.get("data_dir") or None
+    n_train = split_size(dataset, c.data.train_split, data_dir)
     if c.data.shots:
         n_train = c.data.shots * _num_classes(dataset)
-    n_eval = split_size(dataset, c.data.eval_splits[0])
+    n_eval = split_size(dataset, c.data.eval_splits[0], data_dir)
     classes = _num_classes(dataset)
     base = setup.backbone
     if c.model.get("family", "vit") == "swin":  # projected with ViT-B/16's step times (stated)
