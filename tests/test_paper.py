@@ -180,6 +180,7 @@ def test_dry_run_prints_the_plan_and_missing_inputs_and_writes_nothing(tmp_path,
     assert "checkpoint ViT-B_16.npz (paper.checkpoints.vit) does not exist; download it from" in out
     assert "fgvc/cub: " in out and "https://cornell.box.com/v/vptfgvcsplits" in out
     assert "device-hours: not projected" in out
+    assert "inputs (9): ViT-B_16.npz, vtab/cifar100, fgvc/cub," in out
     assert not workdir.exists()
 
 

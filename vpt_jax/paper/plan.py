@@ -73,6 +73,7 @@ class Plan:
     missing: list[str]  # one line per missing input, with how to get it
     step_times: StepTimes | None
     keys: dict[str, list[str]]  # part -> the pool keys of its runs (shared ones included)
+    needed: list[str] = dataclasses.field(default_factory=list)  # every input, present or not
 
     @property
     def total(self) -> PartPlan:
@@ -90,6 +91,7 @@ def make_plan(c: ml_collections.ConfigDict, *, check_inputs: bool = True) -> Pla
     parts: dict[str, PartPlan] = {}
     keys: dict[str, list[str]] = {}
     missing: list[str] = []
+    needed: list[str] = []
     for part, _, study in part_studies(c):
         protocol.check_study(study.study)
         out = parts.setdefault(part, PartPlan(part, seconds=0.0 if times else math.nan))
@@ -119,7 +121,8 @@ def make_plan(c: ml_collections.ConfigDict, *, check_inputs: bool = True) -> Pla
                 out.seconds += w.seconds(times)
         if check_inputs:
             missing += [m for m in study_inputs(study) if m not in missing]
-    return Plan(list(parts.values()), missing, times, keys)
+        needed += [n for n in inputs_of(study) if n not in needed]
+    return Plan(list(parts.values()), missing, times, keys, needed)
 
 
 @contextlib.contextmanager
@@ -131,6 +134,19 @@ def _quiet():
         yield
     finally:
         logger.setLevel(level)
+
+
+def inputs_of(study: ml_collections.ConfigDict) -> list[str]:
+    """What a study reads: its checkpoint, its datasets (procedural ones are drawn, not read),
+    FID's weights and reference."""
+    s = study.study
+    out = [study.run.model.checkpoint] if study.run.model.checkpoint else []
+    datasets = dict.fromkeys([*s.datasets, *s.scaling.datasets])
+    out += [d for d in datasets if parse_dataset(d).kind != "procedural"]
+    q = s.quadrants
+    if q.reference and q.features == "inception":
+        out += [q.inception or "FID Inception weights (paper.inception)", q.reference]
+    return out
 
 
 def study_inputs(study: ml_collections.ConfigDict) -> list[str]:
@@ -212,6 +228,8 @@ def plan_text(plan: Plan) -> str:
             f"device-hours from step times measured on {plan.step_times.device} "
             f"({plan.step_times.precision}); Swin-B is projected with ViT-B/16's step times.",
         ]
+    if plan.needed:
+        lines += ["", f"inputs ({len(plan.needed)}): " + ", ".join(plan.needed)]
     if plan.missing:
         lines += ["", f"missing inputs ({len(plan.missing)}):", *(f"- {m}" for m in plan.missing)]
     else:
