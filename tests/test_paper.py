@@ -261,6 +261,7 @@ def test_tiny_paper_end_to_end_writes_every_table_and_figure(tmp_path):
     # Every run once: the pool holds as many runs as the plan counts.
     runs = [d for d, _, files in os.walk(workdir / "pool" / "runs") if "result.json" in files]
     assert len(runs) == plan_lib.make_plan(c, check_inputs=False).total.runs
+    assert not [d for d in runs if os.path.exists(os.path.join(d, "checkpoints"))]  # dropped
     # Started again, it trains nothing and writes the same report.
     again = run_paper(c, str(workdir))
     assert again["cells"] == result["cells"]

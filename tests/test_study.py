@@ -91,6 +91,10 @@ def test_tiny_study_selection_seed_averaging_and_report(tmp_path, base):
             assert float(csv_rows[(dataset, strategy)]["mean"]) == pytest.approx(row["mean"])
             assert f"{row['mean']:.1f} ± {row['std']:.1f}" in markdown
     assert "All runs finished." in markdown and "wins vs full" in markdown
+    # Finished runs keep records, artifact and result, not their orbax checkpoints.
+    runs = [d for d, _, files in os.walk(tmp_path / "runs") if "result.json" in files]
+    assert runs and all(os.path.exists(os.path.join(d, "artifact.npz")) for d in runs)
+    assert not any(os.path.exists(os.path.join(d, "checkpoints")) for d in runs)
     for name in ("loss_curves.png", "wins.png"):
         png = (tmp_path / "report" / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -294,3 +298,14 @@ def test_shards_partition_every_run_and_read_slurm_arrays():
     for bad in ("2/2", "-1/2", "1", "a/b"):
         with pytest.raises(UserError, match="use i/n"):
             parse_shard(bad)
+
+
+def test_study_keep_checkpoints_keeps_finished_runs_checkpoints(tmp_path, base):
+    config = small_study(base, keep_checkpoints=True)
+    s = config.study
+    s.datasets, s.strategies, s.final.seeds = ("procedural:location",), ("vpt_deep",), (1,)
+    s.grids.prompt.lrs, s.grids.prompt.weight_decays = (0.5,), (0.0,)
+    run_study(config, str(tmp_path))
+    runs = [d for d, _, files in os.walk(tmp_path / "runs") if "result.json" in files]
+    assert len(runs) == 2  # one grid run, one final run
+    assert all(os.listdir(os.path.join(d, "checkpoints", "stage0")) == ["2"] for d in runs)

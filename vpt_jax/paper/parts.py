@@ -68,6 +68,7 @@ def paper_config(parts: tuple[str, ...]) -> ml_collections.ConfigDict:
     p.claim_timeout_s = 600.0  # as study.claim_timeout_s
     p.poll_interval_s = 2.0  # as study.poll_interval_s
     p.batch_runs = 0  # as study.batch_runs
+    p.keep_checkpoints = False  # as study.keep_checkpoints
     p.tiny = False  # set by the config argument `tiny`
     c.parts = ml_collections.ConfigDict()
     return c
@@ -142,7 +143,13 @@ def part_studies(c: ml_collections.ConfigDict) -> list[tuple[str, str, ml_collec
             q = s.study.quadrants
             if q.features == "inception":
                 q.reference, q.inception = p.fid_reference, p.inception
-            for field in ("shard", "claim_timeout_s", "poll_interval_s", "batch_runs"):
+            for field in (
+                "shard",
+                "claim_timeout_s",
+                "poll_interval_s",
+                "batch_runs",
+                "keep_checkpoints",
+            ):
                 s.study[field] = p[field]
             out.append((part, name, s))
     return out

@@ -107,7 +107,8 @@ def make_plan(c: ml_collections.ConfigDict, *, check_inputs: bool = True) -> Pla
             group = (spec.phase, spec.group)
             if group not in loads:
                 with _quiet():  # a run's set-up notes, once per group, are not the plan's
-                    loads[group] = workload(protocol.run_config(study, spec))
+                    keep = bool(study.study.get("keep_checkpoints"))
+                    loads[group] = workload(protocol.run_config(study, spec), keep)
                 if times:
                     out.seconds += sum(
                         times.compile_s.get(s.kind, 0.0) for s in loads[group].stages

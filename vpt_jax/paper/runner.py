@@ -100,7 +100,8 @@ def check_paper_dir(workdir: str, c: ml_collections.ConfigDict) -> None:
 def _semantic(paper_json: dict) -> dict:
     """A paper config without the fields that only say how workers share it."""
     out = dict(paper_json, paper=dict(paper_json.get("paper", {})))
-    for field in ("shard", "claim_timeout_s", "poll_interval_s", "batch_runs", "step_times"):
+    for field in ("shard", "claim_timeout_s", "poll_interval_s", "batch_runs", "step_times",
+                  "keep_checkpoints"):  # fmt: skip
         out["paper"].pop(field, None)
     return out
 

@@ -181,11 +181,17 @@ class Workload:
     def eval_images(self) -> int:
         return self.full_evals * self.eval_examples + self.curve_images
 
+    keeps_checkpoints: bool = False  # study.keep_checkpoints
+
     @property
     def disk_bytes(self) -> int:
-        """Artifact plus the kept checkpoints of its trainable state and optimizer slots."""
+        """The artifact, plus the kept checkpoints of the trainable state and optimizer slots
+        where the study keeps them (`study.keep_checkpoints`)."""
         tuned = self.tuned_parameters * BYTES_PER_PARAM
-        return tuned + KEPT_CHECKPOINTS * tuned * (1 + self.optimizer_slots)
+        kept = (
+            KEPT_CHECKPOINTS * tuned * (1 + self.optimizer_slots) if self.keeps_checkpoints else 0
+        )
+        return tuned + kept
 
     def seconds(self, times: StepTimes) -> float:
         total = 0.0
@@ -201,8 +207,9 @@ class Workload:
         return total
 
 
-def workload(run: ml_collections.ConfigDict) -> Workload:
-    """A run's workload from its config (checked and resolved as the run would be)."""
+def workload(run: ml_collections.ConfigDict, keep_checkpoints: bool = False) -> Workload:
+    """A run's workload from its config (checked and resolved as the run would be);
+    `keep_checkpoints`: its study keeps a finished run's checkpoints."""
     from vpt_jax.models.additions import extra_tokens
     from vpt_jax.train.setup import build_run
 
@@ -242,7 +249,9 @@ def workload(run: ml_collections.ConfigDict) -> Workload:
     if curves and curve_size == n_eval:  # the curve is the split itself: its full evaluation
         curves = max(0, curves - full)
     slots = OPTIMIZER_SLOTS.get(last.optimizer.name, 1)
-    return Workload(tuple(stages), n_train, n_eval, full, curves * curve_size, tuned, slots)
+    return Workload(
+        tuple(stages), n_train, n_eval, full, curves * curve_size, tuned, slots, keep_checkpoints
+    )
 
 
 def tuned_parameters(strategy, backbone, classes: int) -> int:

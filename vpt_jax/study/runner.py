@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -32,7 +33,7 @@ from vpt_jax.train.setup import build_run
 log = logging.getLogger("vpt_jax")
 STUDY_CONFIG = "study.json"
 # How workers share a study, not what it computes: workers may differ in them.
-_WORKER_FIELDS = ("shard", "claim_timeout_s", "poll_interval_s", "batch_runs")
+_WORKER_FIELDS = ("shard", "claim_timeout_s", "poll_interval_s", "batch_runs", "keep_checkpoints")
 WAIT_LOG_INTERVAL_S = 60.0
 AUTO_BATCH_RUNS = 8  # study.batch_runs=0 on an accelerator
 
@@ -231,10 +232,22 @@ def _execute(config, store: StudyStore, specs: list[RunSpec], *, done: int, tota
             outcomes = grid.train_grid(configs, dirs, should_stop=lost)
         for spec, run_dir, outcome in zip(specs, dirs, outcomes, strict=True):
             _record(store, spec, run_dir, outcome)
+            if (
+                store.done(spec)
+                and not store.lost(spec)
+                and not config.study.get("keep_checkpoints")
+            ):
+                drop_checkpoints(run_dir)
     finally:
         for spec, stop in zip(specs, stops, strict=True):
             stop.set()
             store.release(spec)
+
+
+def drop_checkpoints(run_dir: str) -> None:
+    """Deletes a finished run's orbax checkpoints (`study.keep_checkpoints`): its records,
+    artifact and result stay, and a finished run is never resumed."""
+    shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
 
 
 def _record(store: StudyStore, spec: RunSpec, run_dir: str, outcome) -> None:
