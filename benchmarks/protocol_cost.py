@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import importlib
 import os
-import re
 import sys
 import time
 
@@ -51,7 +50,7 @@ from vpt_jax.study.config import (  # noqa: E402
     paper_study_config,
     study_config,
 )
-from vpt_jax.study.cost import StepTimes  # noqa: E402
+from vpt_jax.study.cost import StepTimes, vtab_test_size  # noqa: E402
 
 EVAL_CACHE_BYTES = 2 * 1024**3  # vpt_jax.train.setup: eval splits up to this size stay decoded
 CURVE_EXAMPLES = study_config().study.final.curve_examples  # the study's loss-curve test subset
@@ -71,14 +70,8 @@ SOURCE_SHAPES = {"small": (64, 64), "medium": (256, 256), "large": (375, 500)}
 
 
 def test_size(task) -> int:
-    """Examples in a task's test split, from its TFDS split string and the table's split sizes."""
-    match = re.fullmatch(r"(\w+)(?:\[(\d*)(%?):(\d*)(%?)\])?", task.test)
-    name, start, start_pct, stop, stop_pct = match.groups()
-    total = task.source_sizes[name]
-    to_index = lambda v, pct, default: default if not v else (
-        total * int(v) // 100 if pct else int(v)
-    )  # fmt: skip
-    return to_index(stop, stop_pct, total) - to_index(start, start_pct, 0)
+    """Examples in a task's test split (`vpt_jax.study.cost.vtab_test_size`)."""
+    return vtab_test_size(task)
 
 
 # ------------------------------------------------------------------------------------------------

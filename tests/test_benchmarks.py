@@ -69,7 +69,9 @@ def test_protocol_cost_smoke(capsys, tmp_path):
     printed = capsys.readouterr().out
     times = StepTimes.load(saved)  # what a paper plan's device-hours read
     assert set(times.train) == {"weights", "prompts", "probe"} and len(times.train["prompts"]) == 2
-    assert times.train_s("prompts", 300) > 0 and times.eval_s(197) > 0 and times.decode_s > 0
+    low, high = sorted(times.train["prompts"])  # the two measured token counts
+    assert times.train_s("prompts", (low + high) // 2) > 0 and times.decode_s > 0
+    assert times.eval_s(min(times.eval)) > 0
     assert f"--config.paper.step_times={saved}" in printed
     assert "Assumptions:" in printed and "TOTAL curves (search: val200" in printed
     assert "TOTAL every (" in printed and "TOTAL last (" in printed
